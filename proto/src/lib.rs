@@ -1,0 +1,1 @@
+//! The contract shared by the Drover server and agent (formats, topics, messages).

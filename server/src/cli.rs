@@ -1,0 +1,272 @@
+//! The `drover` command line: parses arguments, loads the settings, and calls
+//! into the library. Exit codes: 0 success, 2 usage or configuration, 1 else.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::audit::{self, Actor};
+use crate::config::Settings;
+use crate::startup::{self, StartError};
+use crate::store::Store;
+use crate::users::{self, Role, Username};
+
+/// Drover: an IoT fleet manager (device identities, signed OTA bundles, staged rollouts, telemetry).
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, propagate_version = true)]
+struct Cli {
+    /// A TOML configuration file; DROVER_* environment variables override it.
+    #[arg(long, global = true, env = "DROVER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: dashboard, REST API, device API and MQTT.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage operator accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user; the password comes from --password-stdin or a prompt.
+    Create {
+        /// Login name: 1 to 64 letters, digits, '.', '_' or '-'.
+        #[arg(long)]
+        username: String,
+        /// What the user may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Operator,
+    Viewer,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Operator => Role::Operator,
+            RoleArg::Viewer => Role::Viewer,
+        }
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("drover: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drover: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => migrate(settings).await,
+            Command::User(UserCommand::Create {
+                username,
+                role,
+                password_stdin,
+            }) => create_user(settings, &username, role.into(), password_stdin).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            eprintln!("drover: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// A failed command: its exit code and one sentence.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<StartError> for Failure {
+    fn from(e: StartError) -> Self {
+        Failure {
+            code: u8::try_from(e.exit_code()).unwrap_or(1),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        StartError::from(e).into()
+    }
+}
+
+impl From<crate::error::Error> for Failure {
+    fn from(e: crate::error::Error) -> Self {
+        let code = if matches!(e, crate::error::Error::Invalid { .. }) {
+            2
+        } else {
+            1
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(settings: Settings) -> Result<(), Failure> {
+    let app = startup::build(settings).await?;
+    if let Some(password) = &app.initial_admin_password {
+        println!(
+            "Created the first admin user \"admin\" with the one-time password: {password}\n\
+             It is shown only now. Sign in at http://{}/login and choose your own password.",
+            app.http_addr()
+        );
+    }
+    println!(
+        "drover is listening: dashboard and API on http://{}",
+        app.ports().http
+    );
+    tracing::info!(http = %app.ports().http, store = app.store().backend(), "drover started");
+    let handle = app.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing requests in flight");
+        handle.stop(true).await;
+    });
+    app.run_until_stopped().await.map_err(|e| Failure {
+        code: 1,
+        message: format!("the server stopped with an error: {e}"),
+    })?;
+    tracing::info!("drover stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn migrate(settings: Settings) -> Result<(), Failure> {
+    let store = Store::connect(&settings.database_url).await?;
+    store.migrate().await?;
+    store.close().await;
+    println!(
+        "migrations applied to {}",
+        crate::config::redact_url(&settings.database_url)
+    );
+    Ok(())
+}
+
+async fn create_user(
+    settings: Settings,
+    username: &str,
+    role: Role,
+    password_stdin: bool,
+) -> Result<(), Failure> {
+    let name = Username::parse(username)?;
+    let password = read_password(password_stdin)?;
+    let store = Store::connect(&settings.database_url).await?;
+    store.migrate().await?;
+    let result = users::create(&store, &name, &password, role, false).await;
+    let result = audit::record_result(
+        &store,
+        &Actor::cli(),
+        "user.create",
+        Some(name.as_str()),
+        result,
+    )
+    .await;
+    store.close().await;
+    let user = result?;
+    println!("created user {} with the {} role", user.username, role);
+    Ok(())
+}
+
+fn read_password(from_stdin: bool) -> Result<String, Failure> {
+    let usage = |m: &str| Failure {
+        code: 2,
+        message: m.to_string(),
+    };
+    if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+            usage(&format!(
+                "cannot read the password from standard input: {e}"
+            ))
+        })?;
+        let password = line.trim_end_matches(['\n', '\r']).to_string();
+        if password.is_empty() {
+            return Err(usage(
+                "no password on standard input; pipe one line with the password, or run without --password-stdin for a prompt",
+            ));
+        }
+        return Ok(password);
+    }
+    let first = rpassword::prompt_password("Password: ")
+        .map_err(|e| usage(&format!("cannot read the password: {e}")))?;
+    let again = rpassword::prompt_password("Repeat the password: ")
+        .map_err(|e| usage(&format!("cannot read the password: {e}")))?;
+    if first != again {
+        return Err(usage("the two passwords differ; run the command again"));
+    }
+    Ok(first)
+}

@@ -1,0 +1,464 @@
+//! Settings: read once at start from an optional TOML file and `DROVER_*`
+//! environment variables (the environment wins), validated into typed values.
+//! Every error names the key, the variable and what is accepted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// One configuration problem: which key, which value, and what would be accepted.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {key} ({env}): {message}")]
+pub struct ConfigError {
+    /// The TOML key.
+    pub key: String,
+    /// The environment variable for the same key.
+    pub env: String,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_string(),
+            env: env_name(key),
+            message: message.into(),
+        }
+    }
+}
+
+fn env_name(key: &str) -> String {
+    format!("DROVER_{}", key.to_ascii_uppercase())
+}
+
+/// When the session cookie carries the `Secure` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieSecure {
+    /// Secure when the request arrived over TLS (directly or per `X-Forwarded-Proto`).
+    Auto,
+    /// Always Secure (the dashboard is only reached through HTTPS).
+    Always,
+    /// Never Secure (plain-HTTP development setups).
+    Never,
+}
+
+/// The validated settings every part of the server starts from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where keys, certificates, the SQLite database and blobs live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// Dashboard and REST API listener.
+    pub http_listen: SocketAddr,
+    /// Device API listener (mutual TLS).
+    pub device_listen: SocketAddr,
+    /// Embedded MQTT broker listener (TLS).
+    pub mqtt_listen: SocketAddr,
+    /// External broker; `None` runs the embedded one.
+    pub mqtt_url: Option<String>,
+    /// Names and addresses put into the server certificate.
+    pub public_hostnames: Vec<String>,
+    /// Blob store location (`file://…` or `s3://bucket/prefix`).
+    pub blob_url: String,
+    /// `tracing` filter, e.g. `info` or `drover_server=debug`.
+    pub log: String,
+    /// Lifetime of dashboard sessions.
+    pub session_ttl_hours: u32,
+    /// Lifetime of API JWTs.
+    pub jwt_ttl_minutes: u32,
+    /// Largest JSON request body the API accepts.
+    pub max_json_bytes: usize,
+    /// Secure attribute of the session cookie.
+    pub cookie_secure: CookieSecure,
+}
+
+/// The file format: the same keys as the environment, lower case. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<String>,
+    database_url: Option<String>,
+    http_listen: Option<String>,
+    device_listen: Option<String>,
+    mqtt_listen: Option<String>,
+    mqtt_url: Option<String>,
+    public_hostnames: Option<Vec<String>>,
+    blob_url: Option<String>,
+    log: Option<String>,
+    session_ttl_hours: Option<u32>,
+    jwt_ttl_minutes: Option<u32>,
+    max_json_bytes: Option<usize>,
+    cookie_secure: Option<String>,
+}
+
+/// Every key the server reads, for the README table and for rejecting unknown variables.
+pub const KEYS: &[&str] = &[
+    "data_dir",
+    "database_url",
+    "http_listen",
+    "device_listen",
+    "mqtt_listen",
+    "mqtt_url",
+    "public_hostnames",
+    "blob_url",
+    "log",
+    "session_ttl_hours",
+    "jwt_ttl_minutes",
+    "max_json_bytes",
+    "cookie_secure",
+];
+
+impl Settings {
+    /// Reads the optional file, then the `DROVER_*` variables in `env`, and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let from_file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<FileSettings>(&text).map_err(|e| {
+                    ConfigError::new(
+                        "config",
+                        format!("{} is not valid: {}", path.display(), e.message()),
+                    )
+                })?
+            }
+            None => FileSettings::default(),
+        };
+        let mut vars: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("DROVER_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            // DROVER_CONFIG names the file and DROVER_TEST_* belong to the test suite.
+            if key == "config" || key.starts_with("test_") {
+                continue;
+            }
+            if !KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::new(
+                    &key,
+                    format!("unknown setting; known settings are {}", KEYS.join(", ")),
+                ));
+            }
+            vars.insert(key, value);
+        }
+        Self::resolve(from_file, vars)
+    }
+
+    /// Settings for tests: a data directory, a database and port 0 everywhere.
+    pub fn for_tests(data_dir: &Path, database_url: &str) -> Settings {
+        Settings {
+            data_dir: data_dir.to_path_buf(),
+            database_url: database_url.to_string(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            device_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt_url: None,
+            public_hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+            blob_url: format!("file://{}", data_dir.join("blobs").display()),
+            log: "warn".into(),
+            session_ttl_hours: 12,
+            jwt_ttl_minutes: 15,
+            max_json_bytes: 1 << 20,
+            cookie_secure: CookieSecure::Auto,
+        }
+    }
+
+    fn resolve(file: FileSettings, env: BTreeMap<String, String>) -> Result<Settings, ConfigError> {
+        let text = |key: &str, from_file: Option<String>| env.get(key).cloned().or(from_file);
+
+        let data_dir = PathBuf::from(
+            text("data_dir", file.data_dir).unwrap_or_else(|| "./drover-data".into()),
+        );
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        let database_url = text("database_url", file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("drover.db").display()));
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "database_url",
+                format!(
+                    "{:?} is not supported; use sqlite://PATH or postgres://USER@HOST:PORT/DB",
+                    redact_url(&database_url)
+                ),
+            ));
+        }
+        let http_listen = listen(
+            "http_listen",
+            text("http_listen", file.http_listen),
+            8080,
+            true,
+        )?;
+        let device_listen = listen(
+            "device_listen",
+            text("device_listen", file.device_listen),
+            8443,
+            false,
+        )?;
+        let mqtt_listen = listen(
+            "mqtt_listen",
+            text("mqtt_listen", file.mqtt_listen),
+            8883,
+            false,
+        )?;
+        let mqtt_url = text("mqtt_url", file.mqtt_url).filter(|s| !s.is_empty());
+        if let Some(url) = &mqtt_url {
+            let ok = ["mqtt://", "mqtts://", "tcp://", "ssl://"]
+                .iter()
+                .any(|p| url.starts_with(p));
+            if !ok {
+                return Err(ConfigError::new(
+                    "mqtt_url",
+                    format!(
+                        "{url:?} is not an MQTT URL; use mqtt://HOST:PORT or mqtts://HOST:PORT"
+                    ),
+                ));
+            }
+        }
+        let public_hostnames = match env.get("public_hostnames") {
+            Some(v) => v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => file.public_hostnames.unwrap_or_else(default_hostnames),
+        };
+        if public_hostnames.is_empty() {
+            return Err(ConfigError::new(
+                "public_hostnames",
+                "needs at least one host name or address",
+            ));
+        }
+        let blob_url = text("blob_url", file.blob_url)
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("blobs").display()));
+        if !(blob_url.starts_with("file://") || blob_url.starts_with("s3://")) {
+            return Err(ConfigError::new(
+                "blob_url",
+                format!("{blob_url:?} is not supported; use file://PATH or s3://BUCKET/PREFIX"),
+            ));
+        }
+        let log = text("log", file.log).unwrap_or_else(|| "info".into());
+        let session_ttl_hours = number(
+            "session_ttl_hours",
+            env.get("session_ttl_hours"),
+            file.session_ttl_hours,
+            12,
+            1..=24 * 90,
+        )?;
+        let jwt_ttl_minutes = number(
+            "jwt_ttl_minutes",
+            env.get("jwt_ttl_minutes"),
+            file.jwt_ttl_minutes,
+            15,
+            1..=24 * 60,
+        )?;
+        let max_json_bytes = number(
+            "max_json_bytes",
+            env.get("max_json_bytes"),
+            file.max_json_bytes,
+            1 << 20,
+            1024..=64 << 20,
+        )?;
+        let cookie_secure = match text("cookie_secure", file.cookie_secure).as_deref() {
+            None | Some("auto") => CookieSecure::Auto,
+            Some("always") => CookieSecure::Always,
+            Some("never") => CookieSecure::Never,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "cookie_secure",
+                    format!("{other:?} is not accepted; use auto, always or never"),
+                ));
+            }
+        };
+        Ok(Settings {
+            data_dir,
+            database_url,
+            http_listen,
+            device_listen,
+            mqtt_listen,
+            mqtt_url,
+            public_hostnames,
+            blob_url,
+            log,
+            session_ttl_hours,
+            jwt_ttl_minutes,
+            max_json_bytes,
+            cookie_secure,
+        })
+    }
+}
+
+fn default_hostnames() -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && host != "localhost" {
+            names.push(host.to_string());
+        }
+    }
+    names
+}
+
+fn listen(
+    key: &str,
+    value: Option<String>,
+    default_port: u16,
+    loopback: bool,
+) -> Result<SocketAddr, ConfigError> {
+    let Some(value) = value else {
+        let ip = if loopback {
+            [127, 0, 0, 1]
+        } else {
+            [0, 0, 0, 0]
+        };
+        return Ok(SocketAddr::from((ip, default_port)));
+    };
+    value.parse::<SocketAddr>().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("{value:?} is not an address; use IP:PORT such as 127.0.0.1:{default_port} (port 0 picks a free one)"),
+        )
+    })
+}
+
+fn number<T>(
+    key: &str,
+    from_env: Option<&String>,
+    from_file: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let value = match from_env {
+        Some(s) => s.trim().parse::<T>().map_err(|_| {
+            ConfigError::new(
+                key,
+                format!(
+                    "{s:?} is not a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })?,
+        None => from_file.unwrap_or(default),
+    };
+    if !range.contains(&value) {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "{value} is out of range; use a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://{user}@{host}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = Settings::load(None, env(&[])).expect("defaults are valid");
+        assert_eq!(s.data_dir, PathBuf::from("./drover-data"));
+        assert_eq!(s.database_url, "sqlite://./drover-data/drover.db");
+        assert_eq!(s.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.device_listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(s.mqtt_listen.to_string(), "0.0.0.0:8883");
+        assert!(s.mqtt_url.is_none());
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("drover.toml");
+        std::fs::write(
+            &file,
+            "http_listen = \"127.0.0.1:9000\"\ndata_dir = \"/tmp/x\"\n",
+        )
+        .expect("write");
+        let s = Settings::load(Some(&file), env(&[("DROVER_HTTP_LISTEN", "127.0.0.1:0")]))
+            .expect("valid");
+        assert_eq!(s.http_listen.port(), 0);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_listen_address_names_key_and_variable() {
+        let err = Settings::load(None, env(&[("DROVER_HTTP_LISTEN", "nowhere")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("http_listen"), "{text}");
+        assert!(text.contains("DROVER_HTTP_LISTEN"), "{text}");
+        assert!(text.contains("IP:PORT"), "{text}");
+    }
+
+    #[test]
+    fn unknown_variable_and_file_key_are_rejected() {
+        let err = Settings::load(None, env(&[("DROVER_HTTP_LISTN", "x")])).unwrap_err();
+        assert!(err.to_string().contains("unknown setting"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("drover.toml");
+        std::fs::write(&file, "htp_listen = \"x\"\n").expect("write");
+        let err = Settings::load(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("htp_listen"), "{err}");
+    }
+
+    #[test]
+    fn cookie_secure_lists_accepted_values() {
+        let err = Settings::load(None, env(&[("DROVER_COOKIE_SECURE", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("auto, always or never"));
+    }
+
+    #[test]
+    fn database_url_scheme_is_checked_and_password_redacted() {
+        let err = Settings::load(
+            None,
+            env(&[("DROVER_DATABASE_URL", "mysql://u:secret@h/db")]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("postgres://"), "{text}");
+    }
+}

@@ -1,0 +1,103 @@
+//! The fleet sections. Until a capability lands its page says what it will
+//! hold and what to do first, rather than showing an empty table.
+
+use actix_web::{HttpResponse, get, web};
+use askama::Template;
+
+use super::{Nav, WebError, html};
+use crate::http::AppState;
+use crate::http::auth::WebUser;
+use crate::users;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(overview)
+        .service(devices)
+        .service(bundles)
+        .service(rollouts)
+        .service(alerts);
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewPage {
+    nav: Nav,
+    users: i64,
+    backend: &'static str,
+}
+
+#[get("/")]
+async fn overview(state: web::Data<AppState>, who: WebUser) -> Result<HttpResponse, WebError> {
+    html(&OverviewPage {
+        nav: Nav::new(&who, "overview"),
+        users: users::count(&state.store).await?,
+        backend: state.store.backend(),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "section.html")]
+struct SectionPage {
+    nav: Nav,
+    title: &'static str,
+    empty_title: &'static str,
+    empty_text: &'static str,
+}
+
+fn section(
+    who: &WebUser,
+    key: &'static str,
+    title: &'static str,
+    empty_title: &'static str,
+    empty_text: &'static str,
+) -> Result<HttpResponse, WebError> {
+    html(&SectionPage {
+        nav: Nav::new(who, key),
+        title,
+        empty_title,
+        empty_text,
+    })
+}
+
+#[get("/devices")]
+async fn devices(who: WebUser) -> Result<HttpResponse, WebError> {
+    section(
+        &who,
+        "devices",
+        "Devices",
+        "No devices yet",
+        "Devices appear here once they enroll. Create an enrollment token under Tokens and run the join command it prints on the device.",
+    )
+}
+
+#[get("/bundles")]
+async fn bundles(who: WebUser) -> Result<HttpResponse, WebError> {
+    section(
+        &who,
+        "bundles",
+        "Bundles",
+        "No bundles yet",
+        "A bundle is a signed set of artifacts (firmware, application, model or configuration) for given device types. Upload artifacts, then create a bundle from them.",
+    )
+}
+
+#[get("/rollouts")]
+async fn rollouts(who: WebUser) -> Result<HttpResponse, WebError> {
+    section(
+        &who,
+        "rollouts",
+        "Rollouts",
+        "No rollouts yet",
+        "A rollout offers a bundle to a group of devices in phases, halting and rolling back on failure. Create a bundle first.",
+    )
+}
+
+#[get("/alerts")]
+async fn alerts(who: WebUser) -> Result<HttpResponse, WebError> {
+    section(
+        &who,
+        "alerts",
+        "Alerts",
+        "Nothing is firing",
+        "Alert rules watch device telemetry and health and fire when a condition holds for a while.",
+    )
+}

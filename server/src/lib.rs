@@ -1,0 +1,14 @@
+//! The Drover fleet server as a library: `main.rs` and the end-to-end tests
+//! drive it through `startup::build`.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod paging;
+pub mod secrets;
+pub mod startup;
+pub mod store;
+pub mod timefmt;
+pub mod users;

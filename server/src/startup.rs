@@ -1,0 +1,255 @@
+//! Builds a running server from `Settings`: data directory, store and
+//! migrations, secrets, first admin, listeners. `main` and the tests both use
+//! `build`, so tests exercise the same wiring on port 0 with a fresh store.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{HttpServer, web};
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::store::{Store, StoreError};
+use crate::users::{self, jwt::JwtKeys, throttle::LoginThrottle};
+
+/// Why the server could not start; `exit_code` follows the CONTRACT (2 = configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database URL is wrong or the database is unreachable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener's port is taken.
+    #[error(
+        "cannot listen on {addr} for the {what}: the port is already in use; set {var} to another address (port 0 picks a free one)"
+    )]
+    PortInUse {
+        /// Which listener.
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The variable that changes it.
+        var: &'static str,
+    },
+    /// A listener could not be opened for another reason.
+    #[error("cannot listen on {addr} for the {what}: {source}; set {var} to another address")]
+    Listen {
+        /// Which listener.
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The variable that changes it.
+        var: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data directory or a file in it is not usable.
+    #[error(
+        "cannot use the data directory {path}: {source}; set DROVER_DATA_DIR to a writable directory"
+    )]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A domain step of the first start failed.
+    #[error("{0}")]
+    Domain(#[from] crate::error::Error),
+}
+
+impl StartError {
+    /// Process exit code: 2 for what the operator fixes in the configuration, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Store(_)
+            | StartError::PortInUse { .. }
+            | StartError::Listen { .. }
+            | StartError::DataDir { .. } => 2,
+            StartError::Domain(_) => 1,
+        }
+    }
+}
+
+/// The addresses the server actually bound, as written to `DATA_DIR/ports.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ports {
+    /// Dashboard and REST API.
+    pub http: String,
+}
+
+/// A built server, listening but not yet driven.
+pub struct Application {
+    server: Server,
+    store: Store,
+    ports: Ports,
+    http_addr: SocketAddr,
+    /// The generated password of the first admin, on the very first start only.
+    pub initial_admin_password: Option<String>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Application {
+    /// The bound dashboard/API address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound addresses.
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    /// The store the server uses.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A handle that stops the server gracefully.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then lets requests in flight finish and closes the store.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        for task in &self.background {
+            task.abort();
+        }
+        self.store.close().await;
+        result
+    }
+}
+
+/// Prepares everything and binds the listeners.
+pub async fn build(settings: Settings) -> Result<Application, StartError> {
+    let data_dir = settings.data_dir.clone();
+    create_private_dir(&data_dir)?;
+    let store = Store::connect(&settings.database_url).await?;
+    store.migrate().await?;
+    let jwt = JwtKeys::load_or_create(&data_dir, settings.jwt_ttl_minutes).map_err(|source| {
+        StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        }
+    })?;
+    let initial_admin_password = users::ensure_first_admin(&store).await?;
+    if initial_admin_password.is_some() {
+        crate::audit::record(
+            &store,
+            &crate::audit::Actor::system(),
+            "user.create",
+            Some("admin"),
+            crate::audit::Outcome::Success,
+            Some("first start: admin with a one-time password"),
+        )
+        .await;
+    }
+
+    let openapi_json = serde_json::to_string_pretty(&http::api::openapi())
+        .map_err(|e| crate::error::Error::Internal(format!("OpenAPI document: {e}")))?;
+    let state = web::Data::new(AppState {
+        store: store.clone(),
+        settings: Arc::new(settings.clone()),
+        jwt,
+        throttle: LoginThrottle::default(),
+        metrics: http::metrics::Metrics::default(),
+        openapi_json,
+    });
+
+    let listener = bind(
+        settings.http_listen,
+        "dashboard and API",
+        "DROVER_HTTP_LISTEN",
+    )?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        what: "dashboard and API",
+        addr: settings.http_listen,
+        var: "DROVER_HTTP_LISTEN",
+        source,
+    })?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get().min(4))
+        .unwrap_or(2);
+    let app_state = state.clone();
+    let server = HttpServer::new(move || http::app(app_state.clone()))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .listen(listener)
+        .map_err(|source| StartError::Listen {
+            what: "dashboard and API",
+            addr: settings.http_listen,
+            var: "DROVER_HTTP_LISTEN",
+            source,
+        })?
+        .run();
+
+    let ports = Ports {
+        http: http_addr.to_string(),
+    };
+    let ports_json = serde_json::to_vec_pretty(&ports)
+        .map_err(|e| crate::error::Error::Internal(format!("ports.json: {e}")))?;
+    std::fs::write(data_dir.join("ports.json"), ports_json).map_err(|source| {
+        StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        }
+    })?;
+
+    let background = vec![tokio::spawn(purge_sessions(store.clone()))];
+    Ok(Application {
+        server,
+        store,
+        ports,
+        http_addr,
+        initial_admin_password,
+        background,
+    })
+}
+
+fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    var: &'static str,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::PortInUse { what, addr, var }
+        } else {
+            StartError::Listen {
+                what,
+                addr,
+                var,
+                source,
+            }
+        }
+    })
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
+    let err = |source| StartError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+async fn purge_sessions(store: Store) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        if let Err(e) = users::sessions::purge_expired(&store).await {
+            tracing::warn!(error = %e, "could not purge expired sessions");
+        }
+    }
+}

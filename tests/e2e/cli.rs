@@ -1,0 +1,217 @@
+//! The `drover` binary: configuration errors, exit codes, admin commands.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use drover_tests::binary;
+
+fn drover() -> Command {
+    let mut cmd = Command::new(binary("drover-server", "drover"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DROVER_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn an_invalid_configuration_value_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = drover()
+        .args(["serve"])
+        .env("DROVER_DATA_DIR", dir.path())
+        .env("DROVER_HTTP_LISTEN", "localhost-ish")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DROVER_HTTP_LISTEN") && err.contains("IP:PORT"),
+        "{err}"
+    );
+
+    let out = drover()
+        .args(["serve"])
+        .env("DROVER_DATA_DIR", dir.path())
+        .env("DROVER_COOKIE_SECURE", "sometimes")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auto, always or never"));
+
+    let file = dir.path().join("drover.toml");
+    std::fs::write(&file, "htp_listen = \"127.0.0.1:0\"\n").expect("write");
+    let out = drover()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("htp_listen"));
+}
+
+#[test]
+fn an_unreachable_database_exits_2_with_its_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let out = drover()
+        .args(["serve"])
+        .env("DROVER_DATA_DIR", dir.path())
+        .env("DROVER_HTTP_LISTEN", "127.0.0.1:0")
+        .env(
+            "DROVER_DATABASE_URL",
+            format!("postgres://drover:secret@127.0.0.1:{port}/drover"),
+        )
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("secret"), "the password is not shown: {err}");
+}
+
+#[test]
+fn a_port_in_use_names_the_port_and_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = drover()
+        .args(["serve"])
+        .env("DROVER_DATA_DIR", dir.path())
+        .env("DROVER_HTTP_LISTEN", addr.to_string())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr.to_string())
+            && err.contains("DROVER_HTTP_LISTEN")
+            && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn user_create_reads_the_password_from_stdin_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = drover()
+            .args(args)
+            .env("DROVER_DATA_DIR", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("wait")
+    };
+    let out = run(
+        &[
+            "user",
+            "create",
+            "--username",
+            "carol",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ],
+        "a-long-password\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &[
+            "user",
+            "create",
+            "--username",
+            "carol",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ],
+        "a-long-password\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = run(
+        &[
+            "user",
+            "create",
+            "--username",
+            "dan",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ],
+        "short\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10"));
+    let out = run(
+        &[
+            "user",
+            "create",
+            "--username",
+            "dan",
+            "--role",
+            "king",
+            "--password-stdin",
+        ],
+        "a-long-password\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown role");
+    let out = run(&["migrate"], "");
+    assert!(out.status.success());
+}
+
+#[test]
+fn serve_starts_prints_the_admin_password_once_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = || {
+        drover()
+            .args(["serve"])
+            .env("DROVER_DATA_DIR", dir.path())
+            .env("DROVER_HTTP_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    for round in 0..2 {
+        let child = start();
+        let ports = dir.path().join("ports.json");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ports.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(ports.exists(), "ports.json written");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "graceful stop exits 0: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.contains("one-time password"), round == 0, "{stdout}");
+        std::fs::remove_file(&ports).expect("remove ports.json");
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end suites by capability, one test binary so the server links once.
+//! Each test starts a real server on port 0 with a fresh data directory and
+//! database (SQLite, or PostgreSQL with `DROVER_TEST_DATABASE_URL`).
+
+mod api_conventions;
+mod audit;
+mod auth;
+mod cli;
+mod dashboard;
+mod ops;

@@ -1,0 +1,368 @@
+//! Helpers shared by the end-to-end suites: a real server on port 0 with a
+//! fresh data directory and a fresh database (SQLite by default, PostgreSQL
+//! when `DROVER_TEST_DATABASE_URL` is set), and clients to talk to it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use drover_server::config::Settings;
+use drover_server::startup::{self, Application};
+use serde_json::{Value, json};
+
+/// A database that exists for one test and is dropped after it.
+pub struct TestDb {
+    /// The URL the server uses.
+    pub url: String,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A SQLite file in `dir`, or a fresh PostgreSQL database when asked for.
+    pub async fn new(dir: &Path) -> TestDb {
+        match std::env::var("DROVER_TEST_DATABASE_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let name = format!("drover_test_{}", uuid::Uuid::now_v7().simple());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+                    .await
+                    .expect("DROVER_TEST_DATABASE_URL must reach a PostgreSQL server");
+                let sql = format!("CREATE DATABASE \"{name}\"");
+                sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql))
+                    .await
+                    .expect("create test database");
+                let url = replace_database(&admin_url, &name);
+                TestDb {
+                    url,
+                    postgres: Some((admin_url, name)),
+                }
+            }
+            _ => TestDb {
+                url: format!("sqlite://{}", dir.join("drover.db").display()),
+                postgres: None,
+            },
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, so the cleanup gets a thread and runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await
+                {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    let _ = sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql)).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running server with its own data directory and database.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The first admin's generated password.
+    pub admin_password: String,
+    /// A client without cookies that does not follow redirects.
+    pub client: reqwest::Client,
+    /// The settings the server was built from.
+    pub settings: Settings,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    db: TestDb,
+    dir: tempfile::TempDir,
+}
+
+/// Starts a fresh server.
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new(dir.path()).await;
+    let settings = Settings::for_tests(&dir.path().join("data"), &db.url);
+    let (app, password) = start(settings.clone()).await;
+    let password = password.expect("a fresh server creates the first admin");
+    finish(app, settings, password, db, dir)
+}
+
+async fn start(settings: Settings) -> (Application, Option<String>) {
+    let app = startup::build(settings).await.expect("server starts");
+    let password = app.initial_admin_password.clone();
+    (app, password)
+}
+
+fn finish(
+    app: Application,
+    settings: Settings,
+    admin_password: String,
+    db: TestDb,
+    dir: tempfile::TempDir,
+) -> TestApp {
+    let base = format!("http://{}", app.http_addr());
+    let handle = app.handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        admin_password,
+        client: client(),
+        settings,
+        handle,
+        task,
+        db,
+        dir,
+    }
+}
+
+/// A plain HTTP client that does not follow redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A browser-like client: keeps cookies, does not follow redirects.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+impl TestApp {
+    /// Absolute URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.settings.data_dir
+    }
+
+    /// The database backend in use.
+    pub fn backend(&self) -> &'static str {
+        self.db.backend()
+    }
+
+    /// A scratch directory that lives as long as the app.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// POST /api/v1/auth/login.
+    pub async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    /// A JWT for the first admin.
+    pub async fn admin_token(&self) -> String {
+        let res = self.login("admin", &self.admin_password).await;
+        assert_eq!(res.status(), 200, "admin login");
+        let body: Value = res.json().await.expect("json");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    /// Creates a user through the API and answers a JWT for them.
+    pub async fn user_token(&self, admin: &str, username: &str, role: &str) -> String {
+        let password = format!("{username}-password-123");
+        let res = self
+            .post_json(
+                admin,
+                "/api/v1/users",
+                &json!({"username": username, "password": password, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "create user {username}");
+        let res = self.login(username, &password).await;
+        assert_eq!(res.status(), 200, "login {username}");
+        let body: Value = res.json().await.expect("json");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    /// GET with a bearer token.
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POST JSON with a bearer token.
+    pub async fn post_json(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// DELETE with a bearer token.
+    pub async fn delete(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Audit entries matching a query string (newest first).
+    pub async fn audit(&self, token: &str, query: &str) -> Vec<Value> {
+        let res = self.get(token, &format!("/api/v1/audit?{query}")).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.expect("json");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(self) -> (TestDb, tempfile::TempDir, Settings) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+        (self.db, self.dir, self.settings)
+    }
+
+    /// Stops and starts again on the same data directory and database (new ports).
+    pub async fn restart(self) -> TestApp {
+        let password = self.admin_password.clone();
+        let (db, dir, settings) = self.stop().await;
+        let (app, again) = start(settings.clone()).await;
+        assert!(again.is_none(), "a restart must not create another admin");
+        finish(app, settings, password, db, dir)
+    }
+}
+
+/// Asserts a problem+json answer with a status, and answers its body.
+pub async fn problem(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status(), status, "status");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(ct, "application/problem+json", "content type");
+    let body: Value = res.json().await.expect("problem body");
+    assert_eq!(body["status"], status);
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+    body
+}
+
+/// Reads a hidden input's value out of a page.
+pub fn hidden_value(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')?;
+    Some(html[start..start + end].to_string())
+}
+
+/// Path of a workspace binary, built once per test process.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut done = built.lock().unwrap_or_else(|p| p.into_inner());
+    if !done.iter().any(|b| b == name) {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", package, "--bin", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of {name} failed");
+        done.push(name.to_string());
+    }
+    target_dir().join(name)
+}
+
+fn target_dir() -> PathBuf {
+    // The test binary lives in target/debug/deps.
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Polls `check` until it answers true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(
+            replace_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h:5432", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
+}
