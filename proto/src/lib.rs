@@ -3,6 +3,7 @@
 
 #![deny(missing_docs)]
 
+pub mod device_api;
 pub mod envelope;
 pub mod manifest;
 pub mod messages;
@@ -12,6 +13,9 @@ pub mod trust;
 pub mod verify;
 pub mod version;
 
+pub use device_api::{
+    CaResponse, CertificateResponse, EnrollRequest, EnrollResponse, RecoverRequest, RenewRequest,
+};
 pub use envelope::{
     Envelope, EnvelopeError, KeyId, PublicKey, SigningKey, pae, signing_key_from_pem,
     signing_key_to_pem,

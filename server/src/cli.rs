@@ -33,6 +33,31 @@ enum Command {
     /// Manage operator accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create an enrollment token and print the agent's join command.
+    Create {
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid: 90s, 15m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        /// A device type it admits (repeat for several; default: any).
+        #[arg(long = "device-type", value_name = "TYPE")]
+        device_types: Vec<String>,
+        /// A tag given to its devices, KEY=VALUE (repeatable); wins over tags devices claim.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Devices stay pending until an operator accepts them.
+        #[arg(long)]
+        approval: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +123,13 @@ pub fn main() -> ExitCode {
                 role,
                 password_stdin,
             }) => create_user(settings, &username, role.into(), password_stdin).await,
+            Command::Token(TokenCommand::Create {
+                uses,
+                expires,
+                device_types,
+                tags,
+                approval,
+            }) => create_token(settings, uses, &expires, device_types, &tags, approval).await,
         }
     });
     match result {
@@ -165,8 +197,9 @@ async fn serve(settings: Settings) -> Result<(), Failure> {
         );
     }
     println!(
-        "drover is listening: dashboard and API on http://{}",
-        app.ports().http
+        "drover is listening: dashboard and API on http://{}, device API on https://{}",
+        app.ports().http,
+        app.ports().device
     );
     tracing::info!(http = %app.ports().http, store = app.store().backend(), "drover started");
     let handle = app.handle();
@@ -269,4 +302,92 @@ fn read_password(from_stdin: bool) -> Result<String, Failure> {
         return Err(usage("the two passwords differ; run the command again"));
     }
     Ok(first)
+}
+
+async fn create_token(
+    settings: Settings,
+    uses: u32,
+    expires: &str,
+    device_types: Vec<String>,
+    tags: &[String],
+    approval: bool,
+) -> Result<(), Failure> {
+    use crate::identity::{Tags, tokens};
+    let usage = |e: crate::error::Error| Failure {
+        code: 2,
+        message: format!("--{e}"),
+    };
+    let new = tokens::NewToken {
+        uses,
+        expires_in: crate::duration::parse("expires", expires).map_err(usage)?,
+        device_types,
+        tags: Tags::from_pairs("tag", tags, '=').map_err(usage)?,
+        approval,
+    };
+    new.validate().map_err(|e| {
+        usage(match e {
+            crate::error::Error::Invalid { field, message } => crate::error::Error::Invalid {
+                field: field
+                    .replace('_', "-")
+                    .replace("expires-in", "expires")
+                    .replace("device-types", "device-type"),
+                message,
+            },
+            other => other,
+        })
+    })?;
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| Failure {
+        code: 2,
+        message: format!(
+            "cannot use the data directory {}: {e}",
+            settings.data_dir.display()
+        ),
+    })?;
+    let ca = crate::identity::ca::FleetCa::load_or_create(&settings.data_dir)?;
+    let store = Store::connect(&settings.database_url).await?;
+    store.migrate().await?;
+    let actor = Actor::cli();
+    let result = tokens::create(&store, &new, &actor.name).await;
+    let target = result.as_ref().ok().map(|c| c.token.id.clone());
+    let result = audit::record_result(
+        &store,
+        &actor,
+        "enrollment_token.create",
+        target.as_deref(),
+        result,
+    )
+    .await;
+    store.close().await;
+    let created = result?;
+    let url = device_url(&settings);
+    println!(
+        "Enrollment token {} ({} use{}, expires {}). Run on the device:\n\n  {}\n",
+        created.token.id,
+        uses,
+        if uses == 1 { "" } else { "s" },
+        crate::timefmt::rfc3339(created.token.expires_at),
+        crate::identity::views::join_command(&url, &created.secret, &ca.hash())
+    );
+    Ok(())
+}
+
+/// The device API URL devices use: the first public host name and the bound
+/// device port (from ports.json when the server runs on port 0).
+fn device_url(settings: &Settings) -> String {
+    let host = settings
+        .public_hostnames
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    let mut port = settings.device_listen.port();
+    if let Ok(text) = std::fs::read_to_string(settings.data_dir.join("ports.json"))
+        && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(bound) = ports["device"]
+            .as_str()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        && (port == 0 || port == bound.port())
+    {
+        port = bound.port();
+    }
+    format!("https://{host}:{port}")
 }

@@ -74,6 +74,12 @@ pub struct Settings {
     pub max_json_bytes: usize,
     /// Secure attribute of the session cookie.
     pub cookie_secure: CookieSecure,
+    /// Lifetime of device certificates.
+    pub device_cert_lifetime: std::time::Duration,
+    /// How long after expiry a device certificate may still be recovered.
+    pub recovery_grace: std::time::Duration,
+    /// Enrollment attempts allowed per source address and minute.
+    pub enroll_rate_per_minute: u32,
 }
 
 /// The file format: the same keys as the environment, lower case. Unknown keys are errors.
@@ -93,6 +99,9 @@ struct FileSettings {
     jwt_ttl_minutes: Option<u32>,
     max_json_bytes: Option<usize>,
     cookie_secure: Option<String>,
+    device_cert_lifetime: Option<String>,
+    recovery_grace: Option<String>,
+    enroll_rate_per_minute: Option<u32>,
 }
 
 /// Every key the server reads, for the README table and for rejecting unknown variables.
@@ -110,6 +119,9 @@ pub const KEYS: &[&str] = &[
     "jwt_ttl_minutes",
     "max_json_bytes",
     "cookie_secure",
+    "device_cert_lifetime",
+    "recovery_grace",
+    "enroll_rate_per_minute",
 ];
 
 impl Settings {
@@ -169,6 +181,9 @@ impl Settings {
             jwt_ttl_minutes: 15,
             max_json_bytes: 1 << 20,
             cookie_secure: CookieSecure::Auto,
+            device_cert_lifetime: std::time::Duration::from_secs(90 * 86_400),
+            recovery_grace: std::time::Duration::from_secs(365 * 86_400),
+            enroll_rate_per_minute: 1000,
         }
     }
 
@@ -282,6 +297,25 @@ impl Settings {
                 ));
             }
         };
+        let device_cert_lifetime = duration(
+            "device_cert_lifetime",
+            text("device_cert_lifetime", file.device_cert_lifetime),
+            90 * 86_400,
+            10..=3650 * 86_400,
+        )?;
+        let recovery_grace = duration(
+            "recovery_grace",
+            text("recovery_grace", file.recovery_grace),
+            365 * 86_400,
+            0..=3650 * 86_400,
+        )?;
+        let enroll_rate_per_minute = number(
+            "enroll_rate_per_minute",
+            env.get("enroll_rate_per_minute"),
+            file.enroll_rate_per_minute,
+            120,
+            1..=1_000_000,
+        )?;
         Ok(Settings {
             data_dir,
             database_url,
@@ -296,8 +330,39 @@ impl Settings {
             jwt_ttl_minutes,
             max_json_bytes,
             cookie_secure,
+            device_cert_lifetime,
+            recovery_grace,
+            enroll_rate_per_minute,
         })
     }
+}
+
+fn duration(
+    key: &str,
+    value: Option<String>,
+    default_s: u64,
+    range_s: std::ops::RangeInclusive<u64>,
+) -> Result<std::time::Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(std::time::Duration::from_secs(default_s));
+    };
+    let d = crate::duration::parse(key, &value).map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("{value:?} is not a duration such as 90s, 15m, 24h or 90d"),
+        )
+    })?;
+    if !range_s.contains(&d.as_secs()) {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "{value} is out of range; use {} to {}",
+                crate::duration::format(std::time::Duration::from_secs(*range_s.start())),
+                crate::duration::format(std::time::Duration::from_secs(*range_s.end()))
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 fn default_hostnames() -> Vec<String> {

@@ -4,8 +4,11 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod duration;
 pub mod error;
 pub mod http;
+pub mod identity;
+pub mod keys;
 pub mod paging;
 pub mod secrets;
 pub mod startup;

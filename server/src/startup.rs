@@ -12,7 +12,13 @@ use actix_web::{HttpServer, web};
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::http::device::{DeviceState, EnrollLimiter};
 use crate::http::{self, AppState};
+use crate::identity::ca::FleetCa;
+use crate::identity::devices;
+use crate::identity::enroll::Identity;
+use crate::identity::revocation::RevokedSerials;
+use crate::keys::{self, Keyring};
 use crate::store::{Store, StoreError};
 use crate::users::{self, jwt::JwtKeys, throttle::LoginThrottle};
 
@@ -79,11 +85,31 @@ impl StartError {
 pub struct Ports {
     /// Dashboard and REST API.
     pub http: String,
+    /// Device API (mutual TLS).
+    pub device: String,
+}
+
+/// Stops every listener of a running server.
+#[derive(Clone)]
+pub struct StopHandle {
+    handles: Vec<ServerHandle>,
+}
+
+impl StopHandle {
+    /// Stops accepting; with `graceful`, lets requests in flight finish first.
+    pub async fn stop(&self, graceful: bool) {
+        for h in &self.handles {
+            h.stop(graceful).await;
+        }
+    }
 }
 
 /// A built server, listening but not yet driven.
 pub struct Application {
     server: Server,
+    device_server: Server,
+    device_addr: SocketAddr,
+    identity: Arc<Identity>,
     store: Store,
     ports: Ports,
     http_addr: SocketAddr,
@@ -108,14 +134,27 @@ impl Application {
         &self.store
     }
 
-    /// A handle that stops the server gracefully.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// The bound device API address.
+    pub fn device_addr(&self) -> SocketAddr {
+        self.device_addr
+    }
+
+    /// Enrollment and certificates (the CA hash for join commands, say).
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    /// A handle that stops every listener.
+    pub fn handle(&self) -> StopHandle {
+        StopHandle {
+            handles: vec![self.server.handle(), self.device_server.handle()],
+        }
     }
 
     /// Serves until stopped, then lets requests in flight finish and closes the store.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        let (http, device) = tokio::join!(self.server, self.device_server);
+        let result = http.and(device);
         for task in &self.background {
             task.abort();
         }
@@ -126,6 +165,8 @@ impl Application {
 
 /// Prepares everything and binds the listeners.
 pub async fn build(settings: Settings) -> Result<Application, StartError> {
+    // One crypto provider for every TLS user in the process (STACK.md).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let data_dir = settings.data_dir.clone();
     create_private_dir(&data_dir)?;
     let store = Store::connect(&settings.database_url).await?;
@@ -149,6 +190,40 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         .await;
     }
 
+    let ca = Arc::new(FleetCa::load_or_create(&data_dir)?);
+    let keyring = Arc::new(Keyring::load_or_create(&data_dir)?);
+    keys::ensure_trust(&store, &keyring, ca.cert_pem()).await?;
+    let revoked = Arc::new(RevokedSerials::default());
+    revoked.replace(devices::revoked_serials(&store).await?);
+    let device_listener = bind(settings.device_listen, "device API", "DROVER_DEVICE_LISTEN")?;
+    let device_addr = device_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            what: "device API",
+            addr: settings.device_listen,
+            var: "DROVER_DEVICE_LISTEN",
+            source,
+        })?;
+    let public_host = settings
+        .public_hostnames
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    let mqtt_url = settings
+        .mqtt_url
+        .clone()
+        .unwrap_or_else(|| format!("mqtts://{public_host}:{}", settings.mqtt_listen.port()));
+    let identity = Arc::new(Identity {
+        store: store.clone(),
+        ca,
+        keys: keyring,
+        revoked: revoked.clone(),
+        cert_lifetime: settings.device_cert_lifetime,
+        recovery_grace: settings.recovery_grace,
+        mqtt_url,
+    });
+    let tls = http::device::tls_config(&identity, &settings.public_hostnames)?;
+
     let openapi_json = serde_json::to_string_pretty(&http::api::openapi())
         .map_err(|e| crate::error::Error::Internal(format!("OpenAPI document: {e}")))?;
     let state = web::Data::new(AppState {
@@ -158,6 +233,8 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         throttle: LoginThrottle::default(),
         metrics: http::metrics::Metrics::default(),
         openapi_json,
+        identity: identity.clone(),
+        device_url: format!("https://{public_host}:{}", device_addr.port()),
     });
 
     let listener = bind(
@@ -188,8 +265,28 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         })?
         .run();
 
+    let device_state = web::Data::new(DeviceState {
+        identity: identity.clone(),
+        limiter: EnrollLimiter::new(settings.enroll_rate_per_minute),
+        max_json_bytes: settings.max_json_bytes,
+    });
+    let device_server = HttpServer::new(move || http::device::app(device_state.clone()))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .on_connect(http::device::on_connect)
+        .listen_rustls_0_23(device_listener, tls)
+        .map_err(|source| StartError::Listen {
+            what: "device API",
+            addr: settings.device_listen,
+            var: "DROVER_DEVICE_LISTEN",
+            source,
+        })?
+        .run();
+
     let ports = Ports {
         http: http_addr.to_string(),
+        device: device_addr.to_string(),
     };
     let ports_json = serde_json::to_vec_pretty(&ports)
         .map_err(|e| crate::error::Error::Internal(format!("ports.json: {e}")))?;
@@ -200,9 +297,15 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         }
     })?;
 
-    let background = vec![tokio::spawn(purge_sessions(store.clone()))];
+    let background = vec![
+        tokio::spawn(purge_sessions(store.clone())),
+        tokio::spawn(reload_revocations(store.clone(), revoked)),
+    ];
     Ok(Application {
         server,
+        device_server,
+        device_addr,
+        identity,
         store,
         ports,
         http_addr,
@@ -242,6 +345,18 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     }
     Ok(())
+}
+
+/// Re-reads revoked serials so revocations made through another replica are refused here too.
+async fn reload_revocations(store: Store, revoked: Arc<RevokedSerials>) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        every.tick().await;
+        match devices::revoked_serials(&store).await {
+            Ok(serials) => revoked.replace(serials),
+            Err(e) => tracing::warn!(error = %e, "could not reload revoked certificates"),
+        }
+    }
 }
 
 async fn purge_sessions(store: Store) {

@@ -104,7 +104,13 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The settings the server was built from.
     pub settings: Settings,
-    handle: actix_web::dev::ServerHandle,
+    handle: drover_server::startup::StopHandle,
+    /// `https://127.0.0.1:PORT` of the device API.
+    pub device_base: String,
+    /// The fleet CA certificate (PEM).
+    pub ca_pem: String,
+    /// `sha256:HEX` of the fleet CA.
+    pub ca_hash: String,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     db: TestDb,
     dir: tempfile::TempDir,
@@ -134,6 +140,9 @@ fn finish(
     dir: tempfile::TempDir,
 ) -> TestApp {
     let base = format!("http://{}", app.http_addr());
+    let device_base = format!("https://127.0.0.1:{}", app.device_addr().port());
+    let ca_pem = app.identity().ca.cert_pem().to_string();
+    let ca_hash = app.identity().ca.hash();
     let handle = app.handle();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -142,6 +151,9 @@ fn finish(
         client: client(),
         settings,
         handle,
+        device_base,
+        ca_pem,
+        ca_hash,
         task,
         db,
         dir,
@@ -343,6 +355,81 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A device key and the requests it signs, as an agent would make them.
+pub struct DeviceKey {
+    key: rcgen::KeyPair,
+}
+
+impl Default for DeviceKey {
+    fn default() -> Self {
+        DeviceKey::new()
+    }
+}
+
+impl DeviceKey {
+    /// A fresh ECDSA P-256 key.
+    pub fn new() -> DeviceKey {
+        DeviceKey {
+            key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key"),
+        }
+    }
+
+    /// A CSR for this key.
+    pub fn csr(&self) -> String {
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .serialize_request(&self.key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+    }
+
+    /// The private key as PEM.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+}
+
+impl TestApp {
+    /// Creates an enrollment token through the API; answers its JSON (with `token` and `join_command`).
+    pub async fn enrollment_token(&self, admin: &str, body: Value) -> Value {
+        let res = self
+            .post_json(admin, "/api/v1/enrollment-tokens", &body)
+            .await;
+        assert_eq!(res.status(), 201, "create enrollment token");
+        res.json().await.expect("json")
+    }
+
+    /// A device-API client that trusts only the fleet CA, optionally presenting a certificate.
+    pub fn device_client(&self, identity: Option<(&str, &str)>) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("ca");
+        let mut builder = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .timeout(Duration::from_secs(30));
+        if let Some((key_pem, cert_pem)) = identity {
+            let pem = format!("{key_pem}\n{cert_pem}");
+            builder =
+                builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+        }
+        builder.build().expect("client")
+    }
+
+    /// POST /device/v1/enroll with a token and a CSR of `key`.
+    pub async fn enroll(
+        &self,
+        token: &str,
+        key: &DeviceKey,
+        device_type: &str,
+    ) -> reqwest::Response {
+        self.device_client(None)
+            .post(format!("{}/device/v1/enroll", self.device_base))
+            .json(&json!({"token": token, "csr_pem": key.csr(), "device_type": device_type, "hostname": "test-host", "tags": {}}))
+            .send()
+            .await
+            .expect("enroll request")
     }
 }
 

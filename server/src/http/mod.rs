@@ -5,6 +5,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod device;
 pub mod errors;
 pub mod json;
 pub mod metrics;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
+    /// Enrollment, devices and certificates.
+    pub identity: std::sync::Arc<crate::identity::enroll::Identity>,
+    /// The device API's URL as devices reach it (for join commands).
+    pub device_url: String,
 }
 
 /// Builds the actix app for one worker; `HttpServer::new` calls it per worker.

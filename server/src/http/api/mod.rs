@@ -3,7 +3,11 @@
 //! the OpenAPI document is generated from the very routes that are served.
 
 mod audit;
+mod devices;
+mod enrollment;
 pub use self::audit::AuditQuery;
+pub use self::devices::DeviceQuery;
+pub use self::enrollment::{CreateEnrollmentToken, DurationInput, new_token};
 mod auth;
 mod tokens;
 mod users;
@@ -64,6 +68,8 @@ pub fn scope() -> Scope<
         .configure(users::routes)
         .configure(tokens::routes)
         .configure(audit::routes)
+        .configure(enrollment::routes)
+        .configure(devices::routes)
         .default_service(web::to(api_not_found))
 }
 

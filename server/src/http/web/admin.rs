@@ -11,6 +11,8 @@ use crate::error::Error;
 use crate::http::AppState;
 use crate::http::api::AuditQuery;
 use crate::http::auth::{Mutation, WebUser};
+use crate::identity::tokens;
+use crate::identity::views::EnrollmentTokenView;
 use crate::paging::Page;
 use crate::timefmt::rfc3339;
 use crate::users::api_tokens::{self, ApiToken};
@@ -176,19 +178,35 @@ async fn users_delete(
 struct TokensPage {
     nav: Nav,
     api_tokens: Vec<ApiToken>,
+    enrollment_tokens: Vec<EnrollmentTokenView>,
     new_secret: Option<String>,
+    join_command: Option<String>,
     error: Option<String>,
     notice: Option<String>,
 }
 
-async fn render_tokens(
+pub(super) async fn render_tokens(
     state: &AppState,
     who: &WebUser,
     status: StatusCode,
     new_secret: Option<String>,
+    join_command: Option<String>,
     error: Option<String>,
     notice: Option<String>,
 ) -> Result<HttpResponse, WebError> {
+    let now = crate::store::now_ms();
+    let enrollment_tokens = tokens::list(
+        &state.store,
+        Page {
+            page: 1,
+            per_page: 200,
+        },
+    )
+    .await?
+    .0
+    .iter()
+    .map(|t| EnrollmentTokenView::new(t, now))
+    .collect();
     let api_tokens = if who.role() >= Role::Admin {
         api_tokens::list(
             &state.store,
@@ -208,7 +226,9 @@ async fn render_tokens(
         &TokensPage {
             nav: Nav::new(who, "tokens"),
             api_tokens,
+            enrollment_tokens,
             new_secret,
+            join_command,
             error,
             notice,
         },
@@ -225,6 +245,7 @@ async fn tokens_page(
         &state,
         &who,
         StatusCode::OK,
+        None,
         None,
         None,
         notice(query.done.as_deref()),
@@ -286,6 +307,7 @@ async fn api_token_create(
                 Some(created.secret),
                 None,
                 None,
+                None,
             )
             .await
         }
@@ -294,6 +316,7 @@ async fn api_token_create(
                 &state,
                 &who,
                 StatusCode::BAD_REQUEST,
+                None,
                 None,
                 Some(e.to_string()),
                 None,

@@ -4,6 +4,8 @@
 
 mod account;
 mod admin;
+mod devices;
+mod enrollment;
 mod pages;
 
 use actix_web::http::{StatusCode, header};
@@ -17,6 +19,8 @@ use crate::users::Role;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     account::routes(cfg);
     admin::routes(cfg);
+    devices::routes(cfg);
+    enrollment::routes(cfg);
     pages::routes(cfg);
 }
 

@@ -7,11 +7,9 @@ use askama::Template;
 use super::{Nav, WebError, html};
 use crate::http::AppState;
 use crate::http::auth::WebUser;
-use crate::users;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(overview)
-        .service(devices)
         .service(bundles)
         .service(rollouts)
         .service(alerts);
@@ -21,15 +19,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[template(path = "overview.html")]
 struct OverviewPage {
     nav: Nav,
-    users: i64,
+    devices: i64,
+    accepted: i64,
+    pending: i64,
     backend: &'static str,
 }
 
 #[get("/")]
 async fn overview(state: web::Data<AppState>, who: WebUser) -> Result<HttpResponse, WebError> {
+    let counts = crate::identity::devices::count_by_status(&state.store).await?;
     html(&OverviewPage {
         nav: Nav::new(&who, "overview"),
-        users: users::count(&state.store).await?,
+        devices: counts.values().sum(),
+        accepted: counts.get("accepted").copied().unwrap_or(0),
+        pending: counts.get("pending").copied().unwrap_or(0),
         backend: state.store.backend(),
     })
 }
@@ -56,17 +59,6 @@ fn section(
         empty_title,
         empty_text,
     })
-}
-
-#[get("/devices")]
-async fn devices(who: WebUser) -> Result<HttpResponse, WebError> {
-    section(
-        &who,
-        "devices",
-        "Devices",
-        "No devices yet",
-        "Devices appear here once they enroll. Create an enrollment token under Tokens and run the join command it prints on the device.",
-    )
 }
 
 #[get("/bundles")]

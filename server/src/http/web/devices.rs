@@ -1,0 +1,284 @@
+//! Devices in the dashboard: the list with filters and paging, a device's
+//! page with its identity and certificates, and the operator's actions.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use askama::Template;
+use serde::Deserialize;
+
+use super::account::NoFields;
+use super::{Nav, WebError, html, html_status, see_other};
+use crate::audit;
+use crate::error::Error;
+use crate::http::AppState;
+use crate::http::api::DeviceQuery;
+use crate::http::auth::{Mutation, WebUser};
+use crate::identity::Tags;
+use crate::identity::devices::{self, DeviceCertificate, Status};
+use crate::identity::views::{self, CertificateView, DeviceView};
+use crate::store::now_ms;
+use crate::users::Role;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(devices_page)
+        .service(device_page)
+        .service(device_accept)
+        .service(device_revoke)
+        .service(device_decommission)
+        .service(device_update);
+}
+
+#[derive(Template)]
+#[template(path = "devices.html")]
+struct DevicesPage {
+    nav: Nav,
+    devices: Vec<DeviceView>,
+    statuses: [Status; 4],
+    status: String,
+    device_type: String,
+    tag: String,
+    q: String,
+    page: u32,
+    pages: i64,
+    total: i64,
+    error: Option<String>,
+}
+
+impl DevicesPage {
+    fn page_link(&self, page: i64) -> String {
+        let q = serde_urlencoded::to_string([
+            ("status", self.status.as_str()),
+            ("type", self.device_type.as_str()),
+            ("tag", self.tag.as_str()),
+            ("q", self.q.as_str()),
+            ("page", &page.to_string()),
+        ])
+        .unwrap_or_default();
+        format!("/devices?{q}")
+    }
+}
+
+#[get("/devices")]
+async fn devices_page(
+    state: web::Data<AppState>,
+    who: WebUser,
+    query: web::Query<DeviceQuery>,
+) -> Result<HttpResponse, WebError> {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let mut page = DevicesPage {
+        nav: Nav::new(&who, "devices"),
+        devices: Vec::new(),
+        statuses: Status::ALL,
+        status: text(&query.status),
+        device_type: text(&query.device_type),
+        tag: text(&query.tag),
+        q: text(&query.q),
+        page: 1,
+        pages: 1,
+        total: 0,
+        error: None,
+    };
+    match query.parse() {
+        Ok((filter, p)) => {
+            let (devices, total) = views::devices(&state.store, &filter, p).await?;
+            page.devices = devices;
+            page.total = total;
+            page.page = p.page;
+            page.pages = p.pages(total);
+            html(&page)
+        }
+        Err(e) => {
+            page.error = Some(e.to_string());
+            html_status(StatusCode::BAD_REQUEST, &page)
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "device.html")]
+struct DevicePage {
+    nav: Nav,
+    device: DeviceView,
+    certificates: Vec<CertificateView>,
+    tags_text: String,
+    error: Option<String>,
+    notice: Option<String>,
+}
+
+async fn render_device(
+    state: &AppState,
+    who: &WebUser,
+    id: &str,
+    status: StatusCode,
+    error: Option<String>,
+    notice: Option<String>,
+) -> Result<HttpResponse, WebError> {
+    let device = views::device(&state.store, id).await?;
+    let now = now_ms();
+    let certificates = devices::certificates(&state.store, id)
+        .await?
+        .iter()
+        .map(|c: &DeviceCertificate| CertificateView::new(c, now))
+        .collect();
+    let tags_text = device
+        .tags
+        .0
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    html_status(
+        status,
+        &DevicePage {
+            nav: Nav::new(who, "devices"),
+            device,
+            certificates,
+            tags_text,
+            error,
+            notice,
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct DoneQuery {
+    done: Option<String>,
+}
+
+#[get("/devices/{id}")]
+async fn device_page(
+    state: web::Data<AppState>,
+    who: WebUser,
+    id: web::Path<String>,
+    query: web::Query<DoneQuery>,
+) -> Result<HttpResponse, WebError> {
+    let notice = match query.done.as_deref() {
+        Some("accepted") => Some("Accepted: the device may now use the device API.".to_string()),
+        Some("revoked") => {
+            Some("Revoked: the device's certificates are refused from now on.".to_string())
+        }
+        Some("decommissioned") => Some("Decommissioned.".to_string()),
+        Some("updated") => Some("Saved.".to_string()),
+        _ => None,
+    };
+    render_device(&state, &who, &id, StatusCode::OK, None, notice).await
+}
+
+async fn act(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &WebUser,
+    id: &str,
+    action: &str,
+    done: &str,
+    result: crate::error::Result<crate::identity::devices::Device>,
+) -> Result<HttpResponse, WebError> {
+    match audit::record_result(&state.store, &who.actor(req), action, Some(id), result).await {
+        Ok(_) => Ok(see_other(&format!("/devices/{id}?done={done}"))),
+        Err(e @ (Error::Conflict(_) | Error::Invalid { .. })) => {
+            render_device(
+                state,
+                who,
+                id,
+                StatusCode::CONFLICT,
+                Some(e.to_string()),
+                None,
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[post("/devices/{id}/accept")]
+async fn device_accept(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    m: Mutation<NoFields>,
+) -> Result<HttpResponse, WebError> {
+    m.who.require(Role::Operator)?;
+    let result = devices::accept(&state.store, &id).await;
+    act(
+        &state,
+        &req,
+        &m.who,
+        &id,
+        "device.accept",
+        "accepted",
+        result,
+    )
+    .await
+}
+
+#[post("/devices/{id}/revoke")]
+async fn device_revoke(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    m: Mutation<NoFields>,
+) -> Result<HttpResponse, WebError> {
+    m.who.require(Role::Operator)?;
+    let result = state.identity.cut_off(&id, Status::Revoked).await;
+    act(
+        &state,
+        &req,
+        &m.who,
+        &id,
+        "device.revoke",
+        "revoked",
+        result,
+    )
+    .await
+}
+
+#[post("/devices/{id}/decommission")]
+async fn device_decommission(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    m: Mutation<NoFields>,
+) -> Result<HttpResponse, WebError> {
+    m.who.require(Role::Operator)?;
+    let result = state.identity.cut_off(&id, Status::Decommissioned).await;
+    act(
+        &state,
+        &req,
+        &m.who,
+        &id,
+        "device.decommission",
+        "decommissioned",
+        result,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateForm {
+    name: String,
+    tags: String,
+}
+
+#[post("/devices/{id}")]
+async fn device_update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    m: Mutation<UpdateForm>,
+) -> Result<HttpResponse, WebError> {
+    let Mutation { who, form } = m;
+    who.require(Role::Operator)?;
+    let result = async {
+        let pairs: Vec<String> = form
+            .tags
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        let tags = Tags::from_pairs("tags", &pairs, '=')?;
+        devices::update(&state.store, &id, Some(&form.name), Some(&tags)).await
+    }
+    .await;
+    act(&state, &req, &who, &id, "device.update", "updated", result).await
+}
