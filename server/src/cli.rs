@@ -343,7 +343,10 @@ async fn create_token(
             settings.data_dir.display()
         ),
     })?;
-    let ca = crate::identity::ca::FleetCa::load_or_create(&settings.data_dir)?;
+    let ca = crate::identity::ca::FleetCa::load_or_create(
+        &settings.data_dir,
+        settings.ca_passphrase.as_ref().map(|p| p.0.as_str()),
+    )?;
     let store = Store::connect(&settings.database_url).await?;
     store.migrate().await?;
     let actor = Actor::cli();

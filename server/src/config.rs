@@ -45,6 +45,16 @@ pub enum CookieSecure {
     Never,
 }
 
+/// A secret setting whose Debug form never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// The validated settings every part of the server starts from.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -80,6 +90,8 @@ pub struct Settings {
     pub recovery_grace: std::time::Duration,
     /// Enrollment attempts allowed per source address and minute.
     pub enroll_rate_per_minute: u32,
+    /// Passphrase protecting the fleet CA key on disk.
+    pub ca_passphrase: Option<Secret>,
 }
 
 /// The file format: the same keys as the environment, lower case. Unknown keys are errors.
@@ -102,6 +114,7 @@ struct FileSettings {
     device_cert_lifetime: Option<String>,
     recovery_grace: Option<String>,
     enroll_rate_per_minute: Option<u32>,
+    ca_passphrase: Option<String>,
 }
 
 /// Every key the server reads, for the README table and for rejecting unknown variables.
@@ -122,6 +135,7 @@ pub const KEYS: &[&str] = &[
     "device_cert_lifetime",
     "recovery_grace",
     "enroll_rate_per_minute",
+    "ca_passphrase",
 ];
 
 impl Settings {
@@ -184,6 +198,7 @@ impl Settings {
             device_cert_lifetime: std::time::Duration::from_secs(90 * 86_400),
             recovery_grace: std::time::Duration::from_secs(365 * 86_400),
             enroll_rate_per_minute: 1000,
+            ca_passphrase: None,
         }
     }
 
@@ -316,6 +331,18 @@ impl Settings {
             120,
             1..=1_000_000,
         )?;
+        let ca_passphrase = text("ca_passphrase", file.ca_passphrase)
+            .filter(|p| !p.is_empty())
+            .map(Secret);
+        if ca_passphrase
+            .as_ref()
+            .is_some_and(|p| p.0.chars().count() < 12)
+        {
+            return Err(ConfigError::new(
+                "ca_passphrase",
+                "must have at least 12 characters",
+            ));
+        }
         Ok(Settings {
             data_dir,
             database_url,
@@ -333,6 +360,7 @@ impl Settings {
             device_cert_lifetime,
             recovery_grace,
             enroll_rate_per_minute,
+            ca_passphrase,
         })
     }
 }

@@ -74,9 +74,61 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// PEM label of a passphrase-protected PKCS#8 key.
+const ENCRYPTED_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+/// True when a PEM holds a passphrase-protected key.
+pub fn is_encrypted_pem(pem: &str) -> bool {
+    pem.contains("BEGIN ENCRYPTED PRIVATE KEY")
+}
+
+/// Encrypts a PKCS#8 PEM key with a passphrase (PBES2: scrypt and AES-256-CBC).
+pub fn encrypt_key_pem(pem: &str, passphrase: &str) -> Result<String, String> {
+    use pkcs8::der::pem::LineEnding;
+    let (_, doc) =
+        pkcs8::SecretDocument::from_pem(pem).map_err(|e| format!("not a PKCS#8 key: {e}"))?;
+    let info = pkcs8::PrivateKeyInfoRef::try_from(doc.as_bytes())
+        .map_err(|e| format!("not a PKCS#8 key: {e}"))?;
+    let encrypted = info
+        .encrypt(passphrase)
+        .map_err(|e| format!("encryption failed: {e}"))?;
+    encrypted
+        .to_pem(ENCRYPTED_LABEL, LineEnding::LF)
+        .map(|p| p.to_string())
+        .map_err(|e| format!("encoding failed: {e}"))
+}
+
+/// Decrypts a passphrase-protected PKCS#8 PEM key into a plain PKCS#8 PEM.
+pub fn decrypt_key_pem(pem: &str, passphrase: &str) -> Result<String, String> {
+    use pkcs8::der::pem::LineEnding;
+    let (_, doc) =
+        pkcs8::Document::from_pem(pem).map_err(|e| format!("not an encrypted PKCS#8 key: {e}"))?;
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(doc.as_bytes())
+        .map_err(|e| format!("not an encrypted PKCS#8 key: {e}"))?;
+    let plain = info
+        .decrypt(passphrase)
+        .map_err(|_| "the passphrase does not decrypt it".to_string())?;
+    plain
+        .to_pem("PRIVATE KEY", LineEnding::LF)
+        .map(|p| p.to_string())
+        .map_err(|e| format!("encoding failed: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_round_trip_through_a_passphrase() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let pem = key.serialize_pem();
+        let locked = encrypt_key_pem(&pem, "correct horse").expect("encrypt");
+        assert!(is_encrypted_pem(&locked) && !is_encrypted_pem(&pem));
+        assert!(decrypt_key_pem(&locked, "wrong horse").is_err());
+        let unlocked = decrypt_key_pem(&locked, "correct horse").expect("decrypt");
+        let again = rcgen::KeyPair::from_pem(&unlocked).expect("usable");
+        assert_eq!(again.public_key_raw(), key.public_key_raw());
+    }
 
     #[test]
     fn tokens_are_random_and_long() {

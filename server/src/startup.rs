@@ -75,6 +75,7 @@ impl StartError {
             | StartError::PortInUse { .. }
             | StartError::Listen { .. }
             | StartError::DataDir { .. } => 2,
+            StartError::Domain(crate::error::Error::Invalid { .. }) => 2,
             StartError::Domain(_) => 1,
         }
     }
@@ -190,7 +191,10 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         .await;
     }
 
-    let ca = Arc::new(FleetCa::load_or_create(&data_dir)?);
+    let ca = Arc::new(FleetCa::load_or_create(
+        &data_dir,
+        settings.ca_passphrase.as_ref().map(|p| p.0.as_str()),
+    )?);
     let keyring = Arc::new(Keyring::load_or_create(&data_dir)?);
     keys::ensure_trust(&store, &keyring, ca.cert_pem()).await?;
     let revoked = Arc::new(RevokedSerials::default());

@@ -186,6 +186,7 @@ fn serve_starts_prints_the_admin_password_once_and_stops_on_sigterm() {
             .args(["serve"])
             .env("DROVER_DATA_DIR", dir.path())
             .env("DROVER_HTTP_LISTEN", "127.0.0.1:0")
+            .env("DROVER_DEVICE_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -213,5 +214,70 @@ fn serve_starts_prints_the_admin_password_once_and_stops_on_sigterm() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(stdout.contains("one-time password"), round == 0, "{stdout}");
         std::fs::remove_file(&ports).expect("remove ports.json");
+    }
+}
+
+#[test]
+fn token_create_prints_a_join_command_and_respects_the_ca_passphrase() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = drover();
+        cmd.args(["token", "create"])
+            .args(args)
+            .env("DROVER_DATA_DIR", dir.path());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run")
+    };
+    let pass = [("DROVER_CA_PASSPHRASE", "a long ca passphrase")];
+    let out = run(
+        &pass,
+        &[
+            "--uses",
+            "3",
+            "--expires",
+            "2h",
+            "--device-type",
+            "rpi4",
+            "--tag",
+            "site=berlin",
+            "--approval",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("drover-agent enroll --server https://localhost:8443 --token dte_"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("--ca-hash sha256:"), "{stdout}");
+    let key = std::fs::read_to_string(dir.path().join("pki/ca.key")).expect("ca key");
+    assert!(
+        key.contains("ENCRYPTED PRIVATE KEY"),
+        "the CA key is protected on disk"
+    );
+
+    let out = run(&[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DROVER_CA_PASSPHRASE"));
+    let out = run(&[("DROVER_CA_PASSPHRASE", "not the right passphrase")], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not decrypt"));
+
+    for (args, needle) in [
+        (&["--uses", "0"][..], "--uses"),
+        (&["--expires", "soon"][..], "--expires"),
+        (&["--tag", "nokeyvalue"][..], "--tag"),
+        (&["--device-type", "bad type!"][..], "--device-type"),
+    ] {
+        let out = run(&pass, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
     }
 }

@@ -68,7 +68,8 @@ fn ms(t: OffsetDateTime) -> i64 {
 
 impl FleetCa {
     /// Loads `ca.crt` and `ca.key` from `DATA_DIR/pki`, creating them (key mode 0600) on first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<FleetCa> {
+    /// With a passphrase the key is kept encrypted on disk (a plain key is encrypted in place).
+    pub fn load_or_create(data_dir: &Path, passphrase: Option<&str>) -> Result<FleetCa> {
         let dir = data_dir.join("pki");
         let cert_path = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
@@ -105,6 +106,7 @@ impl FleetCa {
             std::fs::write(&cert_path, cert.pem()).map_err(|e| pki_err("writing pki/ca.crt", e))?;
             (cert.pem(), key_pem)
         };
+        let key_pem = unlock(&key_path, key_pem, passphrase)?;
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|e| pki_err("pki/ca.key is not a usable key", e))?;
         let cert_der =
@@ -255,6 +257,32 @@ impl FleetCa {
     }
 }
 
+/// Decrypts a protected key, or protects a plain one in place when a passphrase is configured.
+fn unlock(path: &Path, pem: String, passphrase: Option<&str>) -> Result<String> {
+    let name = path.display();
+    match (crate::secrets::is_encrypted_pem(&pem), passphrase) {
+        (true, Some(pass)) => crate::secrets::decrypt_key_pem(&pem, pass).map_err(|e| {
+            Error::invalid(
+                "ca_passphrase",
+                format!(
+                    "{name}: {e}; set DROVER_CA_PASSPHRASE to the passphrase it was protected with"
+                ),
+            )
+        }),
+        (true, None) => Err(Error::invalid(
+            "ca_passphrase",
+            format!("{name} is protected by a passphrase; set DROVER_CA_PASSPHRASE"),
+        )),
+        (false, Some(pass)) => {
+            let locked = crate::secrets::encrypt_key_pem(&pem, pass)
+                .map_err(|e| pki_err("protecting the CA key", e))?;
+            write_private(path, locked.as_bytes()).map_err(|e| pki_err("writing pki/ca.key", e))?;
+            Ok(pem)
+        }
+        (false, None) => Ok(pem),
+    }
+}
+
 /// The DER inside the first PEM block.
 pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
@@ -274,8 +302,8 @@ mod tests {
     #[test]
     fn device_certificates_follow_the_contract_profile() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = FleetCa::load_or_create(dir.path()).expect("ca");
-        let again = FleetCa::load_or_create(dir.path()).expect("reload");
+        let ca = FleetCa::load_or_create(dir.path(), None).expect("ca");
+        let again = FleetCa::load_or_create(dir.path(), None).expect("reload");
         assert_eq!(ca.hash(), again.hash(), "the CA persists");
         let device_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         let issued = ca
@@ -317,9 +345,25 @@ mod tests {
     }
 
     #[test]
+    fn a_passphrase_protects_the_ca_key_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = FleetCa::load_or_create(dir.path(), None).expect("ca");
+        let locked = FleetCa::load_or_create(dir.path(), Some("a long passphrase"))
+            .expect("protect in place");
+        assert_eq!(plain.hash(), locked.hash());
+        let on_disk = std::fs::read_to_string(dir.path().join("pki/ca.key")).expect("read");
+        assert!(crate::secrets::is_encrypted_pem(&on_disk));
+        let e = FleetCa::load_or_create(dir.path(), None).unwrap_err();
+        assert!(e.to_string().contains("DROVER_CA_PASSPHRASE"), "{e}");
+        let e = FleetCa::load_or_create(dir.path(), Some("the wrong passphrase")).unwrap_err();
+        assert!(e.to_string().contains("does not decrypt"), "{e}");
+        FleetCa::load_or_create(dir.path(), Some("a long passphrase")).expect("unlock");
+    }
+
+    #[test]
     fn the_ca_key_is_private() {
         let dir = tempfile::tempdir().expect("tempdir");
-        FleetCa::load_or_create(dir.path()).expect("ca");
+        FleetCa::load_or_create(dir.path(), None).expect("ca");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
