@@ -1,15 +1,195 @@
-//! `drover-agent`: the device side of Drover. Enrollment, telemetry and the
-//! update engine arrive with their issues; until then the binary only
-//! identifies itself.
+//! `drover-agent`: the command line over the `drover_agent` library. Parses flags, sets up logging
+//! and the runtime, calls one command, and turns its error into one line on stderr
+//! (`drover-agent: …`) and the contract's exit code.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// The Drover device agent: enrolls a device, reports health and telemetry, and applies verified updates.
+use clap::{Args, Parser, Subcommand};
+use drover_agent::enroll::{self, EnrollFlags, EnrollOptions, Outcome};
+use drover_agent::state::StateDir;
+use drover_agent::status::Status;
+use drover_agent::{Error, daemon};
+
+/// The Drover device agent: enrolls a device, keeps its certificate alive, reports health and
+/// telemetry, and applies verified updates.
 #[derive(Debug, Parser)]
-#[command(name = "drover-agent", version)]
-struct Cli {}
+#[command(name = "drover-agent", version, arg_required_else_help = true)]
+struct Cli {
+    /// Where the agent keeps its key, certificates, trust document and configuration.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "DROVER_AGENT_STATE_DIR",
+        default_value = "/var/lib/drover-agent"
+    )]
+    state_dir: PathBuf,
 
-fn main() {
-    let _ = Cli::parse();
-    println!("drover-agent {}: no command given; see --help", env!("CARGO_PKG_VERSION"));
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate the device key, pin the fleet CA and enroll with the server.
+    Enroll(EnrollCommand),
+    /// Show this device's enrollment and certificate.
+    Status {
+        /// Print one JSON object instead of `name: value` lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the agent until SIGTERM or Ctrl-C (renews the certificate before it expires).
+    Run,
+}
+
+#[derive(Debug, Args)]
+struct EnrollCommand {
+    /// The device API, as printed by `drover token create` (https://HOST:8443).
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The enrollment token (or set DROVER_AGENT_TOKEN, which keeps it out of `ps`).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DROVER_AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    token: String,
+    /// The fleet CA's hash, as printed by `drover token create` (sha256:HEX); the token is sent
+    /// only to a server whose CA matches it.
+    #[arg(long, value_name = "sha256:HEX")]
+    ca_hash: String,
+    /// The device type this device claims.
+    #[arg(long, value_name = "TYPE", default_value = enroll::DEFAULT_DEVICE_TYPE)]
+    device_type: String,
+    /// A tag this device claims (repeatable); the token's tags win.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    /// The host name shown to operators [default: /etc/hostname].
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    init_logging(matches!(cli.command, Command::Run));
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover-agent: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), Error> {
+    let state = StateDir::new(cli.state_dir);
+    match cli.command {
+        Command::Status { json } => {
+            let status = Status::read(&state)?;
+            if json {
+                println!("{}", status.to_json());
+            } else {
+                print!("{}", status.to_text());
+            }
+            Ok(())
+        }
+        Command::Enroll(flags) => {
+            let options = EnrollOptions::from_flags(
+                EnrollFlags {
+                    server: flags.server,
+                    token: flags.token,
+                    ca_hash: flags.ca_hash,
+                    device_type: flags.device_type,
+                    tags: flags.tags,
+                    hostname: flags.hostname,
+                },
+                enroll::system_hostname,
+            )?;
+            match runtime()?.block_on(enroll::enroll(&state, &options, drover_agent::now))? {
+                Outcome::AlreadyEnrolled(e) => {
+                    println!("already enrolled as {} with {}", e.device_id, e.server);
+                }
+                Outcome::Enrolled(e) => {
+                    println!("enrolled as {} with {}", e.device_id, e.server);
+                    println!("device_id: {}", e.device_id);
+                    println!("status: {}", e.status);
+                    if e.status == "pending" {
+                        println!(
+                            "an operator must accept this device before it is trusted (dashboard, or POST /api/v1/devices/{}/accept)",
+                            e.device_id
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Run => runtime()?.block_on(daemon::run(&state)),
+    }
+}
+
+/// One thread is enough for the agent and keeps it small on a board.
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(format!("cannot start the async runtime: {e}")))
+}
+
+/// Logs go to stderr; `DROVER_AGENT_LOG` (error, warn, info, debug, trace) sets the level.
+/// The daemon stamps each line with the time; one-shot commands do not.
+fn init_logging(daemon: bool) {
+    let level = std::env::var("DROVER_AGENT_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(if daemon {
+            tracing_subscriber::filter::LevelFilter::INFO
+        } else {
+            tracing_subscriber::filter::LevelFilter::WARN
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_max_level(level);
+    if daemon {
+        builder.init();
+    } else {
+        builder.without_time().init();
+    }
+}
+
+/// Help and version go to stdout as clap prints them; every other parse error becomes one line,
+/// `drover-agent: …`, and exit code 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = e.render().to_string();
+    let message = rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches("error:")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("drover-agent: {message}; see drover-agent --help");
+    ExitCode::from(2)
 }

@@ -2,6 +2,7 @@
 //! Each test starts a real server on port 0 with a fresh data directory and
 //! database (SQLite, or PostgreSQL with `DROVER_TEST_DATABASE_URL`).
 
+mod agent_identity;
 mod api_conventions;
 mod audit;
 mod auth;

@@ -118,9 +118,15 @@ pub struct TestApp {
 
 /// Starts a fresh server.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a fresh server with adjusted settings.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = TestDb::new(dir.path()).await;
-    let settings = Settings::for_tests(&dir.path().join("data"), &db.url);
+    let mut settings = Settings::for_tests(&dir.path().join("data"), &db.url);
+    configure(&mut settings);
     let (app, password) = start(settings.clone()).await;
     let password = password.expect("a fresh server creates the first admin");
     finish(app, settings, password, db, dir)
@@ -338,6 +344,19 @@ fn target_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target directory")
         .to_path_buf()
+}
+
+/// The `drover-agent` binary with a clean environment and its own state directory.
+pub fn agent(state_dir: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(binary("drover-agent", "drover-agent"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DROVER_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("DROVER_AGENT_STATE_DIR", state_dir);
+    cmd.kill_on_drop(true);
+    cmd
 }
 
 /// Polls `check` until it answers true or `timeout` passes.

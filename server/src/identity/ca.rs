@@ -171,8 +171,10 @@ impl FleetCa {
     ) -> Result<Issued> {
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
-        // A little slack for devices whose clocks run behind.
-        params.not_before = now - time::Duration::minutes(5);
+        // Slack for devices whose clocks run behind: 5 minutes, or a tenth of
+        // a short lifetime so that "renew when a third is left" stays meaningful.
+        let slack = std::time::Duration::from_secs(300).min(lifetime / 10);
+        params.not_before = now - slack;
         params.not_after = now + lifetime;
         let cert = params
             .signed_by(public_key, &self.issuer)

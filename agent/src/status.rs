@@ -1,0 +1,95 @@
+//! `drover-agent status`: what this device is, read from the state directory alone (no network).
+//! Fields carry the CONTRACT names; `--json` prints them as the top level of one object.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::state::StateDir;
+
+/// The device's status as `status` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// The device id.
+    pub device_id: String,
+    /// The device API address.
+    pub server: String,
+    /// The status the enrollment answer gave (`pending` or `accepted`).
+    pub status: String,
+    /// Where the MQTT client connects.
+    pub mqtt_url: String,
+    /// The device's topic prefix.
+    pub mqtt_topic_prefix: String,
+    /// `notAfter` of `device.crt`, RFC 3339 UTC.
+    pub certificate_expires_at: String,
+}
+
+impl Status {
+    /// Reads the status from `state`; not enrolled is an error.
+    pub fn read(state: &StateDir) -> Result<Status> {
+        let enrollment = state.require_enrollment()?;
+        let certificate = state.certificate()?;
+        Ok(Status {
+            device_id: enrollment.device_id.to_string(),
+            server: enrollment.server,
+            status: enrollment.status,
+            mqtt_url: enrollment.mqtt_url,
+            mqtt_topic_prefix: enrollment.mqtt_topic_prefix,
+            certificate_expires_at: certificate.not_after().to_string(),
+        })
+    }
+
+    /// One `name: value` line per field.
+    pub fn to_text(&self) -> String {
+        [
+            ("device_id", &self.device_id),
+            ("server", &self.server),
+            ("status", &self.status),
+            ("mqtt_url", &self.mqtt_url),
+            ("mqtt_topic_prefix", &self.mqtt_topic_prefix),
+            ("certificate_expires_at", &self.certificate_expires_at),
+        ]
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\n"))
+        .collect()
+    }
+
+    /// One JSON object with the fields at the top level.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a status is plain strings and always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::enrolled_dir;
+
+    #[test]
+    fn status_reads_the_enrollment_and_the_certificate_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = enrolled_dir(dir.path());
+        let status = Status::read(&state).unwrap();
+        assert_eq!(status.device_id, "01JD3Z8Q5V6W7X8Y9Z0A1B2C3D");
+        assert_eq!(status.status, "pending");
+        assert_eq!(status.certificate_expires_at, "2096-10-02T07:06:40Z");
+        let json: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
+        assert_eq!(json["mqtt_url"], "mqtts://127.0.0.1:8883");
+        assert_eq!(json["certificate_expires_at"], "2096-10-02T07:06:40Z");
+        assert_eq!(json.as_object().unwrap().len(), 6);
+        assert!(
+            status
+                .to_text()
+                .contains("\nserver: https://127.0.0.1:8443\n")
+        );
+    }
+
+    #[test]
+    fn status_of_an_empty_directory_says_not_enrolled() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Status::read(&StateDir::new(dir.path())).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("not enrolled; run drover-agent enroll")
+        );
+    }
+}
