@@ -492,6 +492,15 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_setting() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        for key in KEYS {
+            assert!(readme.contains(&format!("| `{key}` |")), "README.md lacks a row for {key}");
+        }
+    }
+
+    #[test]
     fn defaults_match_the_contract() {
         let s = Settings::load(None, env(&[])).expect("defaults are valid");
         assert_eq!(s.data_dir, PathBuf::from("./drover-data"));

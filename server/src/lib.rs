@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod keys;
+pub mod mqtt;
 pub mod paging;
 pub mod secrets;
 pub mod startup;

@@ -19,6 +19,10 @@ use crate::identity::devices;
 use crate::identity::enroll::Identity;
 use crate::identity::revocation::RevokedSerials;
 use crate::keys::{self, Keyring};
+use crate::mqtt::broker;
+use crate::mqtt::client::MqttLink;
+use crate::mqtt::gateway::{Gateway, GatewayMetrics, Sessions};
+use rumqttc::MqttOptions;
 use crate::store::{Store, StoreError};
 use crate::users::{self, jwt::JwtKeys, throttle::LoginThrottle};
 
@@ -88,6 +92,9 @@ pub struct Ports {
     pub http: String,
     /// Device API (mutual TLS).
     pub device: String,
+    /// MQTT for devices (the gateway of the embedded broker); absent with an external broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<String>,
 }
 
 /// Stops every listener of a running server.
@@ -107,6 +114,7 @@ impl StopHandle {
 
 /// A built server, listening but not yet driven.
 pub struct Application {
+    mqtt: MqttLink,
     server: Server,
     device_server: Server,
     device_addr: SocketAddr,
@@ -143,6 +151,11 @@ impl Application {
     /// Enrollment and certificates (the CA hash for join commands, say).
     pub fn identity(&self) -> &Arc<Identity> {
         &self.identity
+    }
+
+    /// The server's MQTT connection (commands out, device messages in).
+    pub fn mqtt(&self) -> &MqttLink {
+        &self.mqtt
     }
 
     /// A handle that stops every listener.
@@ -213,10 +226,27 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         .first()
         .cloned()
         .unwrap_or_else(|| "localhost".into());
-    let mqtt_url = settings
-        .mqtt_url
-        .clone()
-        .unwrap_or_else(|| format!("mqtts://{public_host}:{}", settings.mqtt_listen.port()));
+    // The gateway's port is bound now so that enrollment answers name the real one.
+    let mqtt_listener = match settings.mqtt_url {
+        None => Some(bind(settings.mqtt_listen, "MQTT gateway", "DROVER_MQTT_LISTEN")?),
+        Some(_) => None,
+    };
+    let mqtt_addr = mqtt_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|source| StartError::Listen {
+            what: "MQTT gateway",
+            addr: settings.mqtt_listen,
+            var: "DROVER_MQTT_LISTEN",
+            source,
+        })?;
+    let mqtt_url = match (&settings.mqtt_url, mqtt_addr) {
+        (Some(url), _) => url.clone(),
+        (None, Some(addr)) => format!("mqtts://{public_host}:{}", addr.port()),
+        (None, None) => unreachable!("the gateway listener exists without an external broker"),
+    };
+    let (revocations, _) = tokio::sync::broadcast::channel(1024);
     let identity = Arc::new(Identity {
         store: store.clone(),
         ca,
@@ -225,8 +255,12 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         cert_lifetime: settings.device_cert_lifetime,
         recovery_grace: settings.recovery_grace,
         mqtt_url,
+        revocations,
     });
-    let tls = http::device::tls_config(&identity, &settings.public_hostnames)?;
+    let tls = http::device::tls_config(&identity, &settings.public_hostnames, false)?;
+
+    let (mqtt, mqtt_task, gateway_task, gateway_metrics) =
+        start_mqtt(&settings, &store, &identity, mqtt_listener)?;
 
     let openapi_json = serde_json::to_string_pretty(&http::api::openapi())
         .map_err(|e| crate::error::Error::Internal(format!("OpenAPI document: {e}")))?;
@@ -239,6 +273,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         openapi_json,
         identity: identity.clone(),
         device_url: format!("https://{public_host}:{}", device_addr.port()),
+        gateway: gateway_metrics,
     });
 
     let listener = bind(
@@ -288,9 +323,11 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         })?
         .run();
 
+
     let ports = Ports {
         http: http_addr.to_string(),
         device: device_addr.to_string(),
+        mqtt: mqtt_addr.map(|a| a.to_string()),
     };
     let ports_json = serde_json::to_vec_pretty(&ports)
         .map_err(|e| crate::error::Error::Internal(format!("ports.json: {e}")))?;
@@ -301,11 +338,14 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         }
     })?;
 
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(purge_sessions(store.clone())),
         tokio::spawn(reload_revocations(store.clone(), revoked)),
+        mqtt_task,
     ];
+    background.extend(gateway_task);
     Ok(Application {
+        mqtt,
         server,
         device_server,
         device_addr,
@@ -316,6 +356,89 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         initial_admin_password,
         background,
     })
+}
+
+type MqttParts = (
+    MqttLink,
+    tokio::task::JoinHandle<()>,
+    Option<tokio::task::JoinHandle<()>>,
+    Option<Arc<GatewayMetrics>>,
+);
+
+/// Starts the embedded broker and gateway (or points at the external
+/// broker), and the server's own client.
+fn start_mqtt(
+    settings: &Settings,
+    store: &Store,
+    identity: &Arc<Identity>,
+    listener: Option<TcpListener>,
+) -> Result<MqttParts, StartError> {
+    let Some(listener) = listener else {
+        let url = settings.mqtt_url.clone().unwrap_or_default();
+        let options = external_options(&url).map_err(StartError::Domain)?;
+        let (link, task) = MqttLink::start(options, store.clone());
+        return Ok((link, task, None, None));
+    };
+    let listen_err = |source| StartError::Listen {
+        what: "MQTT gateway",
+        addr: settings.mqtt_listen,
+        var: "DROVER_MQTT_LISTEN",
+        source,
+    };
+    let broker = broker::start(20_000)?;
+    let mut options = MqttOptions::new(
+        "drover-server",
+        broker.addr.ip().to_string(),
+        broker.addr.port(),
+    );
+    options.set_credentials("drover-server", broker.secret.clone());
+    let (link, task) = MqttLink::start(options, store.clone());
+    let tls = http::device::tls_config(identity, &settings.public_hostnames, true)?;
+    let metrics = Arc::new(GatewayMetrics::default());
+    let gateway = Arc::new(Gateway {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        upstream: broker.addr,
+        secret: broker.secret,
+        store: store.clone(),
+        sessions: Arc::new(Sessions::default()),
+        metrics: metrics.clone(),
+    });
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
+    let gateway_task = tokio::spawn(gateway.run(listener, identity.revocations.subscribe()));
+    Ok((link, task, Some(gateway_task), Some(metrics)))
+}
+
+/// Client options for an external broker URL (`mqtt://[user:pass@]host:port`).
+fn external_options(url: &str) -> crate::error::Result<MqttOptions> {
+    let bad = || {
+        crate::error::Error::invalid("mqtt_url", format!("{url:?} is not mqtt://HOST:PORT"))
+    };
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| {
+            crate::error::Error::invalid(
+                "mqtt_url",
+                "only mqtt:// is supported for an external broker so far; mqtts:// with the server's fleet certificate is not built yet",
+            )
+        })?;
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (host, port) = hostport.trim_end_matches('/').rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let mut options = MqttOptions::new(
+        format!("drover-server-{}", &crate::secrets::random_token()[..8]),
+        host.to_string(),
+        port,
+    );
+    if let Some(userinfo) = userinfo {
+        let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        options.set_credentials(user, pass);
+    }
+    Ok(options)
 }
 
 fn bind(

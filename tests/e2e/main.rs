@@ -9,4 +9,5 @@ mod auth;
 mod cli;
 mod dashboard;
 mod identity;
+mod mqtt;
 mod ops;

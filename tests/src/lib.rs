@@ -111,6 +111,10 @@ pub struct TestApp {
     pub ca_pem: String,
     /// `sha256:HEX` of the fleet CA.
     pub ca_hash: String,
+    /// The gateway's port (embedded broker), if any.
+    pub mqtt_port: Option<u16>,
+    /// The server's own MQTT connection.
+    pub mqtt: drover_server::mqtt::client::MqttLink,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     db: TestDb,
     dir: tempfile::TempDir,
@@ -149,6 +153,13 @@ fn finish(
     let device_base = format!("https://127.0.0.1:{}", app.device_addr().port());
     let ca_pem = app.identity().ca.cert_pem().to_string();
     let ca_hash = app.identity().ca.hash();
+    let mqtt_port = app
+        .ports()
+        .mqtt
+        .as_ref()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    let mqtt = app.mqtt().clone();
     let handle = app.handle();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -160,6 +171,8 @@ fn finish(
         device_base,
         ca_pem,
         ca_hash,
+        mqtt_port,
+        mqtt,
         task,
         db,
         dir,
@@ -377,6 +390,41 @@ where
     }
 }
 
+/// An enrolled device's identity.
+#[derive(Debug, Clone)]
+pub struct EnrolledDevice {
+    /// Device id.
+    pub id: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+    /// Its certificate (PEM).
+    pub cert_pem: String,
+    /// The fleet CA (PEM).
+    pub ca_pem: String,
+}
+
+impl EnrolledDevice {
+    /// A topic under this device's prefix.
+    pub fn topic(&self, name: &str) -> String {
+        format!("drover/v1/devices/{}/{name}", self.id)
+    }
+}
+
+/// Drives a device's MQTT event loop until it connects; answers the client and the loop.
+pub async fn mqtt_connect(options: rumqttc::MqttOptions) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), String> {
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline, eventloop.poll()).await;
+        match next {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("timed out".into()),
+        }
+    }
+}
+
 /// A device key and the requests it signs, as an agent would make them.
 pub struct DeviceKey {
     key: rcgen::KeyPair,
@@ -434,6 +482,34 @@ impl TestApp {
                 builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
         }
         builder.build().expect("client")
+    }
+
+    /// Enrolls a new device through the device API and answers its identity.
+    pub async fn enrolled_device(&self, admin: &str) -> EnrolledDevice {
+        let token = self.enrollment_token(admin, json!({"uses": 1})).await;
+        let key = DeviceKey::new();
+        let res = self.enroll(token["token"].as_str().expect("token"), &key, "rpi4").await;
+        assert_eq!(res.status(), 201);
+        let answer: Value = res.json().await.expect("json");
+        EnrolledDevice {
+            id: answer["device_id"].as_str().expect("id").to_string(),
+            key_pem: key.key_pem(),
+            cert_pem: answer["certificate_pem"].as_str().expect("cert").to_string(),
+            ca_pem: self.ca_pem.clone(),
+        }
+    }
+
+    /// MQTT options for a device to reach the gateway with its certificate.
+    pub fn mqtt_options(&self, client_id: &str, device: &EnrolledDevice) -> rumqttc::MqttOptions {
+        let port = self.mqtt_port.expect("the embedded broker's gateway");
+        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+            ca: device.ca_pem.as_bytes().to_vec(),
+            alpn: None,
+            client_auth: Some((device.cert_pem.as_bytes().to_vec(), device.key_pem.as_bytes().to_vec())),
+        }));
+        options
     }
 
     /// POST /device/v1/enroll with a token and a CSR of `key`.

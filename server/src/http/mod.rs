@@ -44,6 +44,8 @@ pub struct AppState {
     pub identity: std::sync::Arc<crate::identity::enroll::Identity>,
     /// The device API's URL as devices reach it (for join commands).
     pub device_url: String,
+    /// The MQTT gateway's counters (embedded broker only).
+    pub gateway: Option<std::sync::Arc<crate::mqtt::gateway::GatewayMetrics>>,
 }
 
 /// Builds the actix app for one worker; `HttpServer::new` calls it per worker.
@@ -143,5 +145,9 @@ async fn readyz(state: aw::Data<AppState>) -> HttpResponse {
 async fn metrics_endpoint(state: aw::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(&state.store))
+        .body(format!(
+            "{}{}",
+            state.metrics.render(&state.store),
+            state.gateway.as_ref().map(|g| g.render()).unwrap_or_default()
+        ))
 }

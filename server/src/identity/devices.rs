@@ -358,3 +358,10 @@ pub async fn count_by_status(store: &Store) -> Result<std::collections::BTreeMap
         "SELECT status, COUNT(*) FROM devices GROUP BY status").fetch_all(pool).await)?;
     Ok(rows.into_iter().collect())
 }
+
+/// Records a device's presence from its `state` topic (and its last contact).
+pub async fn set_online(store: &Store, id: &str, online: bool) -> Result<()> {
+    on_store!(store, pool => sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3")
+        .bind(online).bind(now_ms()).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}

@@ -38,6 +38,8 @@ pub struct Identity {
     pub recovery_grace: Duration,
     /// The MQTT URL devices are told.
     pub mqtt_url: String,
+    /// Device ids as they are revoked or decommissioned (the MQTT side closes their sessions).
+    pub revocations: tokio::sync::broadcast::Sender<String>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -347,6 +349,7 @@ impl Identity {
     pub async fn cut_off(&self, id: &str, to: Status) -> Result<Device> {
         let (device, serials) = devices::cut_off(&self.store, id, to).await?;
         self.revoked.insert_all(serials);
+        let _ = self.revocations.send(device.id.clone());
         Ok(device)
     }
 

@@ -61,9 +61,11 @@ pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
 
 /// The TLS configuration: the server certificate (with the CA in its chain)
 /// and a client verifier that knows the fleet CA and the revoked serials.
+/// `require_client` makes a client certificate mandatory (the MQTT gateway).
 pub fn tls_config(
     identity: &Identity,
     hostnames: &[String],
+    require_client: bool,
 ) -> Result<rustls::ServerConfig, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let (cert_pem, key_pem) = identity.ca.server_certificate(hostnames)?;
@@ -75,10 +77,9 @@ pub fn tls_config(
     roots
         .add(CertificateDer::from(identity.ca.cert_der().to_vec()))
         .map_err(|e| tls_err(&e))?;
-    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls_err(&e))?;
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder = if require_client { builder } else { builder.allow_unauthenticated() };
+    let inner = builder.build().map_err(|e| tls_err(&e))?;
     let verifier = Arc::new(RevocationAwareVerifier::new(
         inner,
         identity.revoked.clone(),

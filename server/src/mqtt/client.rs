@@ -1,0 +1,138 @@
+//! The server's own MQTT client: one persistent session (nothing queued for
+//! it is lost while it restarts) with a shared subscription to every device's
+//! telemetry, health and state, so several replicas can split the load.
+//! Messages are acknowledged only after they were handed on.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use drover_proto::{Command, PrefixShape, Presence, TopicKind, parse_topic};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+use crate::identity::devices;
+use crate::store::{Store, now_ms};
+
+/// A message a device published.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Who sent it (from the topic, which the gateway or broker ACL vouches for).
+    pub device_id: String,
+    /// Which topic.
+    pub kind: TopicKind,
+    /// The raw payload.
+    pub payload: Bytes,
+    /// When the server received it (ms).
+    pub received_at: i64,
+}
+
+/// The subscriptions of the server, shared between replicas. One group per
+/// filter: rumqttd 0.20 keys a shared group by its name alone with a single
+/// cursor, so two filters in one group skip each other's messages.
+pub const SUBSCRIPTIONS: [&str; 3] = [
+    "$share/drover-telemetry/drover/v1/devices/+/telemetry",
+    "$share/drover-health/drover/v1/devices/+/health",
+    "$share/drover-state/drover/v1/devices/+/state",
+];
+
+/// The server's connection to the broker.
+#[derive(Clone)]
+pub struct MqttLink {
+    client: AsyncClient,
+    events: broadcast::Sender<Inbound>,
+}
+
+impl std::fmt::Debug for MqttLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttLink").finish_non_exhaustive()
+    }
+}
+
+impl MqttLink {
+    /// Connects with the given options and starts the event loop task.
+    pub fn start(mut options: MqttOptions, store: Store) -> (MqttLink, tokio::task::JoinHandle<()>) {
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_manual_acks(true)
+            .set_max_packet_size(super::broker::MAX_PACKET_BYTES, super::broker::MAX_PACKET_BYTES)
+            .set_inflight(100);
+        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (events, _) = broadcast::channel(4096);
+        let link = MqttLink { client, events };
+        let task = tokio::spawn(link.clone().drive(eventloop, store));
+        (link, task)
+    }
+
+    /// Receives every message devices publish from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Inbound> {
+        self.events.subscribe()
+    }
+
+    /// Sends a command to a device (QoS 1).
+    pub async fn send_command(&self, device_id: &str, command: &Command) -> Result<()> {
+        let payload = serde_json::to_vec(command).map_err(|e| Error::Internal(format!("command: {e}")))?;
+        self.client
+            .publish(format!("drover/v1/devices/{device_id}/commands"), QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| Error::Internal(format!("publishing a command: {e}")))
+    }
+
+    async fn drive(self, mut eventloop: EventLoop, store: Store) {
+        let mut failures = 0u32;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    failures = 0;
+                    tracing::info!("connected to the MQTT broker");
+                    for filter in SUBSCRIPTIONS {
+                        if let Err(e) = self.client.subscribe(filter, QoS::AtLeastOnce).await {
+                            tracing::error!(filter, error = %e, "cannot subscribe");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.dispatch(&store, &publish).await;
+                    if let Err(e) = self.client.ack(&publish).await {
+                        tracing::warn!(error = %e, "cannot acknowledge a message");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500).min(Duration::from_millis(100) * failures)).await;
+                }
+            }
+        }
+    }
+
+    async fn dispatch(&self, store: &Store, publish: &rumqttc::Publish) {
+        let Ok((device, kind)) = parse_topic(&publish.topic, PrefixShape::Plain) else {
+            tracing::warn!(topic = %publish.topic, "a message on a topic the server does not handle");
+            return;
+        };
+        let device_id = device.as_str().to_string();
+        if kind == TopicKind::State {
+            match serde_json::from_slice::<Presence>(&publish.payload) {
+                Ok(p) => {
+                    if let Err(e) = devices::set_online(store, &device_id, p.online).await {
+                        tracing::warn!(device_id, error = %e, "cannot record presence");
+                    }
+                }
+                Err(e) => tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}"),
+            }
+        } else if let Err(e) = devices::touch(store, &device_id).await {
+            tracing::warn!(device_id, error = %e, "cannot record contact");
+        }
+        let _ = self.events.send(Inbound {
+            device_id,
+            kind,
+            payload: publish.payload.clone(),
+            received_at: now_ms(),
+        });
+    }
+}
