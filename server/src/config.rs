@@ -496,7 +496,10 @@ mod tests {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
             .expect("README.md");
         for key in KEYS {
-            assert!(readme.contains(&format!("| `{key}` |")), "README.md lacks a row for {key}");
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "README.md lacks a row for {key}"
+            );
         }
     }
 

@@ -22,9 +22,9 @@ use crate::keys::{self, Keyring};
 use crate::mqtt::broker;
 use crate::mqtt::client::MqttLink;
 use crate::mqtt::gateway::{Gateway, GatewayMetrics, Sessions};
-use rumqttc::MqttOptions;
 use crate::store::{Store, StoreError};
 use crate::users::{self, jwt::JwtKeys, throttle::LoginThrottle};
+use rumqttc::MqttOptions;
 
 /// Why the server could not start; `exit_code` follows the CONTRACT (2 = configuration).
 #[derive(Debug, thiserror::Error)]
@@ -228,7 +228,11 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         .unwrap_or_else(|| "localhost".into());
     // The gateway's port is bound now so that enrollment answers name the real one.
     let mqtt_listener = match settings.mqtt_url {
-        None => Some(bind(settings.mqtt_listen, "MQTT gateway", "DROVER_MQTT_LISTEN")?),
+        None => Some(bind(
+            settings.mqtt_listen,
+            "MQTT gateway",
+            "DROVER_MQTT_LISTEN",
+        )?),
         Some(_) => None,
     };
     let mqtt_addr = mqtt_listener
@@ -323,7 +327,6 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         })?
         .run();
 
-
     let ports = Ports {
         http: http_addr.to_string(),
         device: device_addr.to_string(),
@@ -411,9 +414,8 @@ fn start_mqtt(
 
 /// Client options for an external broker URL (`mqtt://[user:pass@]host:port`).
 fn external_options(url: &str) -> crate::error::Result<MqttOptions> {
-    let bad = || {
-        crate::error::Error::invalid("mqtt_url", format!("{url:?} is not mqtt://HOST:PORT"))
-    };
+    let bad =
+        || crate::error::Error::invalid("mqtt_url", format!("{url:?} is not mqtt://HOST:PORT"));
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
@@ -427,7 +429,10 @@ fn external_options(url: &str) -> crate::error::Result<MqttOptions> {
         Some((u, h)) => (Some(u), h),
         None => (None, rest),
     };
-    let (host, port) = hostport.trim_end_matches('/').rsplit_once(':').ok_or_else(bad)?;
+    let (host, port) = hostport
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     let mut options = MqttOptions::new(
         format!("drover-server-{}", &crate::secrets::random_token()[..8]),

@@ -50,24 +50,45 @@ async fn a_device_publishes_under_its_own_prefix_and_the_server_receives_it() {
     let app = spawn_app().await;
     let (admin, d) = device(&app).await;
     let mut inbox = app.mqtt.subscribe();
-    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d)).await.expect("connects");
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     client
-        .publish(d.topic("telemetry"), QoS::AtLeastOnce, false, r#"{"seq":1,"ts":1,"metrics":{"temp_c":40.5}}"#)
+        .publish(
+            d.topic("telemetry"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"seq":1,"ts":1,"metrics":{"temp_c":40.5}}"#,
+        )
         .await
         .expect("publish");
-    let m = received(&mut inbox, &d.id, Duration::from_secs(10)).await.expect("the server got it");
+    let m = received(&mut inbox, &d.id, Duration::from_secs(10))
+        .await
+        .expect("the server got it");
     assert_eq!(m.kind, TopicKind::Telemetry);
     assert!(String::from_utf8_lossy(&m.payload).contains("temp_c"));
 
     client
-        .publish(d.topic("state"), QoS::AtLeastOnce, true, r#"{"online":true,"ts":1}"#)
+        .publish(
+            d.topic("state"),
+            QoS::AtLeastOnce,
+            true,
+            r#"{"online":true,"ts":1}"#,
+        )
         .await
         .expect("publish");
-    let m = received(&mut inbox, &d.id, Duration::from_secs(10)).await.expect("state arrives");
+    let m = received(&mut inbox, &d.id, Duration::from_secs(10))
+        .await
+        .expect("state arrives");
     assert_eq!(m.kind, TopicKind::State);
     let online = drover_tests::wait_until(Duration::from_secs(10), || async {
-        let v: Value = app.get(&admin, &format!("/api/v1/devices/{}", d.id)).await.json().await.expect("json");
+        let v: Value = app
+            .get(&admin, &format!("/api/v1/devices/{}", d.id))
+            .await
+            .json()
+            .await
+            .expect("json");
         v["online"] == true
     })
     .await;
@@ -81,21 +102,52 @@ async fn publishing_or_subscribing_outside_the_prefix_closes_the_connection_and_
     let b = app.enrolled_device(&admin).await;
     let mut inbox = app.mqtt.subscribe();
 
-    let (client, eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a)).await.expect("connects");
+    let (client, eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a))
+        .await
+        .expect("connects");
     client
-        .publish(b.topic("telemetry"), QoS::AtLeastOnce, false, r#"{"forged":true}"#)
+        .publish(
+            b.topic("telemetry"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"forged":true}"#,
+        )
         .await
         .expect("queue");
-    assert!(closed_within(eventloop, Duration::from_secs(5)).await, "the gateway closes the connection");
-    assert!(received(&mut inbox, &b.id, Duration::from_secs(1)).await.is_none(), "nothing reaches the server as b");
+    assert!(
+        closed_within(eventloop, Duration::from_secs(5)).await,
+        "the gateway closes the connection"
+    );
+    assert!(
+        received(&mut inbox, &b.id, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "nothing reaches the server as b"
+    );
 
-    let (client, eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a)).await.expect("connects");
-    client.subscribe(b.topic("commands"), QoS::AtLeastOnce).await.expect("queue");
-    assert!(closed_within(eventloop, Duration::from_secs(5)).await, "subscribing to b's commands is refused");
+    let (client, eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a))
+        .await
+        .expect("connects");
+    client
+        .subscribe(b.topic("commands"), QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    assert!(
+        closed_within(eventloop, Duration::from_secs(5)).await,
+        "subscribing to b's commands is refused"
+    );
 
-    let (client, eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a)).await.expect("connects");
-    client.subscribe("drover/#", QoS::AtLeastOnce).await.expect("queue");
-    assert!(closed_within(eventloop, Duration::from_secs(5)).await, "wildcards are refused");
+    let (client, eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a))
+        .await
+        .expect("connects");
+    client
+        .subscribe("drover/#", QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    assert!(
+        closed_within(eventloop, Duration::from_secs(5)).await,
+        "wildcards are refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,41 +155,87 @@ async fn another_devices_client_id_or_no_certificate_is_refused() {
     let app = spawn_app().await;
     let (admin, a) = device(&app).await;
     let b = app.enrolled_device(&admin).await;
-    assert!(mqtt_connect(app.mqtt_options(&b.id, &a)).await.is_err(), "a's certificate with b's client id");
-    assert!(mqtt_connect(app.mqtt_options("", &a)).await.is_err(), "an empty client id");
+    assert!(
+        mqtt_connect(app.mqtt_options(&b.id, &a)).await.is_err(),
+        "a's certificate with b's client id"
+    );
+    assert!(
+        mqtt_connect(app.mqtt_options("", &a)).await.is_err(),
+        "an empty client id"
+    );
 
-    let mut options = rumqttc::MqttOptions::new(a.id.clone(), "127.0.0.1", app.mqtt_port.expect("port"));
-    options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
-        ca: app.ca_pem.as_bytes().to_vec(),
-        alpn: None,
-        client_auth: None,
-    }));
-    assert!(mqtt_connect(options).await.is_err(), "no client certificate");
+    let mut options =
+        rumqttc::MqttOptions::new(a.id.clone(), "127.0.0.1", app.mqtt_port.expect("port"));
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca: app.ca_pem.as_bytes().to_vec(),
+            alpn: None,
+            client_auth: None,
+        },
+    ));
+    assert!(
+        mqtt_connect(options).await.is_err(),
+        "no client certificate"
+    );
 
     let other = spawn_app().await;
     let other_admin = other.admin_token().await;
     let foreign = other.enrolled_device(&other_admin).await;
     let mut foreign_at_app = foreign.clone();
     foreign_at_app.ca_pem = app.ca_pem.clone();
-    assert!(mqtt_connect(app.mqtt_options(&foreign.id, &foreign_at_app)).await.is_err(), "a certificate of another CA");
+    assert!(
+        mqtt_connect(app.mqtt_options(&foreign.id, &foreign_at_app))
+            .await
+            .is_err(),
+        "a certificate of another CA"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_devices_open_session_ends_within_a_second_and_it_cannot_return() {
     let app = spawn_app().await;
     let (admin, d) = device(&app).await;
-    let (_client, eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d)).await.expect("connects");
+    let (_client, eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
     let watcher = tokio::spawn(closed_within(eventloop, Duration::from_secs(30)));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = tokio::time::Instant::now();
-    let res = app.post_json(&admin, &format!("/api/v1/devices/{}/revoke", d.id), &json!({})).await;
+    let res = app
+        .post_json(
+            &admin,
+            &format!("/api/v1/devices/{}/revoke", d.id),
+            &json!({}),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     assert!(watcher.await.expect("join"), "the session ended");
-    assert!(started.elapsed() < Duration::from_secs(2), "within about a second: {:?}", started.elapsed());
-    assert!(mqtt_connect(app.mqtt_options(&d.id, &d)).await.is_err(), "and it cannot reconnect");
-    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("drover_mqtt_refused_total{reason=\"revoked\"} 1"), "{metrics}");
-    assert!(metrics.contains("drover_mqtt_sessions_accepted_total 1"), "{metrics}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "within about a second: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        mqtt_connect(app.mqtt_options(&d.id, &d)).await.is_err(),
+        "and it cannot reconnect"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("drover_mqtt_refused_total{reason=\"revoked\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drover_mqtt_sessions_accepted_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,11 +246,21 @@ async fn a_stalled_client_delays_nobody_and_garbage_closes_only_its_own_connecti
     // Ten clients open TCP and never start TLS.
     let mut stalled = Vec::new();
     for _ in 0..10 {
-        stalled.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("tcp"));
+        stalled.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("tcp"),
+        );
     }
     let started = tokio::time::Instant::now();
-    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d)).await.expect("connects");
-    assert!(started.elapsed() < Duration::from_secs(3), "not delayed: {:?}", started.elapsed());
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not delayed: {:?}",
+        started.elapsed()
+    );
 
     // Another client completes TLS and sends garbage instead of MQTT.
     let (admin, _) = (app.admin_token().await, ());
@@ -161,14 +269,28 @@ async fn a_stalled_client_delays_nobody_and_garbage_closes_only_its_own_connecti
     let mut tls = tls;
     tls.write_all(&[0xff; 64]).await.expect("write");
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut tls, &mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the garbage connection is closed: {read:?}");
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut tls, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the garbage connection is closed: {read:?}"
+    );
 
     // The healthy device still works.
     let mut inbox = app.mqtt.subscribe();
-    client.publish(d.topic("health"), QoS::AtLeastOnce, false, "{}").await.expect("publish");
+    client
+        .publish(d.topic("health"), QoS::AtLeastOnce, false, "{}")
+        .await
+        .expect("publish");
     let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    assert!(received(&mut inbox, &d.id, Duration::from_secs(10)).await.is_some());
+    assert!(
+        received(&mut inbox, &d.id, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
     pump.abort();
     drop(stalled);
 }
@@ -181,7 +303,9 @@ async fn tls_connect(
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(app.ca_pem.as_bytes()).expect("ca")).expect("root");
+    roots
+        .add(CertificateDer::from_pem_slice(app.ca_pem.as_bytes()).expect("ca"))
+        .expect("root");
     let config = tokio_rustls::rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(
@@ -190,7 +314,9 @@ async fn tls_connect(
         )
         .expect("config");
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("tcp");
     connector
         .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
         .await
@@ -201,8 +327,13 @@ async fn tls_connect(
 async fn the_server_sends_commands_to_a_device() {
     let app = spawn_app().await;
     let (_admin, d) = device(&app).await;
-    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d)).await.expect("connects");
-    client.subscribe(d.topic("commands"), QoS::AtLeastOnce).await.expect("subscribe");
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
+    client
+        .subscribe(d.topic("commands"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
     let got = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -216,7 +347,10 @@ async fn the_server_sends_commands_to_a_device() {
     // Give the subscription a moment, then keep sending until it arrives.
     let mut delivered = None;
     for _ in 0..20 {
-        app.mqtt.send_command(&d.id, &Command::RenewCertificate).await.expect("send");
+        app.mqtt
+            .send_command(&d.id, &Command::RenewCertificate)
+            .await
+            .expect("send");
         tokio::time::sleep(Duration::from_millis(250)).await;
         if got.is_finished() {
             delivered = got.await.expect("join");

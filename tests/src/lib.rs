@@ -411,13 +411,17 @@ impl EnrolledDevice {
 }
 
 /// Drives a device's MQTT event loop until it connects; answers the client and the loop.
-pub async fn mqtt_connect(options: rumqttc::MqttOptions) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), String> {
+pub async fn mqtt_connect(
+    options: rumqttc::MqttOptions,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), String> {
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let next = tokio::time::timeout_at(deadline, eventloop.poll()).await;
         match next {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+                return Ok((client, eventloop));
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err("timed out".into()),
@@ -488,13 +492,18 @@ impl TestApp {
     pub async fn enrolled_device(&self, admin: &str) -> EnrolledDevice {
         let token = self.enrollment_token(admin, json!({"uses": 1})).await;
         let key = DeviceKey::new();
-        let res = self.enroll(token["token"].as_str().expect("token"), &key, "rpi4").await;
+        let res = self
+            .enroll(token["token"].as_str().expect("token"), &key, "rpi4")
+            .await;
         assert_eq!(res.status(), 201);
         let answer: Value = res.json().await.expect("json");
         EnrolledDevice {
             id: answer["device_id"].as_str().expect("id").to_string(),
             key_pem: key.key_pem(),
-            cert_pem: answer["certificate_pem"].as_str().expect("cert").to_string(),
+            cert_pem: answer["certificate_pem"]
+                .as_str()
+                .expect("cert")
+                .to_string(),
             ca_pem: self.ca_pem.clone(),
         }
     }
@@ -504,11 +513,16 @@ impl TestApp {
         let port = self.mqtt_port.expect("the embedded broker's gateway");
         let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
-        options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
-            ca: device.ca_pem.as_bytes().to_vec(),
-            alpn: None,
-            client_auth: Some((device.cert_pem.as_bytes().to_vec(), device.key_pem.as_bytes().to_vec())),
-        }));
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: device.ca_pem.as_bytes().to_vec(),
+                alpn: None,
+                client_auth: Some((
+                    device.cert_pem.as_bytes().to_vec(),
+                    device.key_pem.as_bytes().to_vec(),
+                )),
+            },
+        ));
         options
     }
 

@@ -148,6 +148,10 @@ async fn metrics_endpoint(state: aw::Data<AppState>) -> HttpResponse {
         .body(format!(
             "{}{}",
             state.metrics.render(&state.store),
-            state.gateway.as_ref().map(|g| g.render()).unwrap_or_default()
+            state
+                .gateway
+                .as_ref()
+                .map(|g| g.render())
+                .unwrap_or_default()
         ))
 }

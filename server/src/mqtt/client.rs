@@ -51,12 +51,18 @@ impl std::fmt::Debug for MqttLink {
 
 impl MqttLink {
     /// Connects with the given options and starts the event loop task.
-    pub fn start(mut options: MqttOptions, store: Store) -> (MqttLink, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        mut options: MqttOptions,
+        store: Store,
+    ) -> (MqttLink, tokio::task::JoinHandle<()>) {
         options
             .set_clean_session(false)
             .set_keep_alive(Duration::from_secs(30))
             .set_manual_acks(true)
-            .set_max_packet_size(super::broker::MAX_PACKET_BYTES, super::broker::MAX_PACKET_BYTES)
+            .set_max_packet_size(
+                super::broker::MAX_PACKET_BYTES,
+                super::broker::MAX_PACKET_BYTES,
+            )
             .set_inflight(100);
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (events, _) = broadcast::channel(4096);
@@ -72,9 +78,15 @@ impl MqttLink {
 
     /// Sends a command to a device (QoS 1).
     pub async fn send_command(&self, device_id: &str, command: &Command) -> Result<()> {
-        let payload = serde_json::to_vec(command).map_err(|e| Error::Internal(format!("command: {e}")))?;
+        let payload =
+            serde_json::to_vec(command).map_err(|e| Error::Internal(format!("command: {e}")))?;
         self.client
-            .publish(format!("drover/v1/devices/{device_id}/commands"), QoS::AtLeastOnce, false, payload)
+            .publish(
+                format!("drover/v1/devices/{device_id}/commands"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .await
             .map_err(|e| Error::Internal(format!("publishing a command: {e}")))
     }
@@ -104,7 +116,10 @@ impl MqttLink {
                     if failures == 1 || failures.is_multiple_of(30) {
                         tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
                     }
-                    tokio::time::sleep(Duration::from_millis(500).min(Duration::from_millis(100) * failures)).await;
+                    tokio::time::sleep(
+                        Duration::from_millis(500).min(Duration::from_millis(100) * failures),
+                    )
+                    .await;
                 }
             }
         }
@@ -123,7 +138,9 @@ impl MqttLink {
                         tracing::warn!(device_id, error = %e, "cannot record presence");
                     }
                 }
-                Err(e) => tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}"),
+                Err(e) => {
+                    tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}")
+                }
             }
         } else if let Err(e) = devices::touch(store, &device_id).await {
             tracing::warn!(device_id, error = %e, "cannot record contact");

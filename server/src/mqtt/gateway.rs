@@ -42,12 +42,22 @@ impl GatewayMetrics {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        out.push_str("# HELP drover_mqtt_connections Device connections open at the MQTT gateway.\n");
+        out.push_str(
+            "# HELP drover_mqtt_connections Device connections open at the MQTT gateway.\n",
+        );
         out.push_str("# TYPE drover_mqtt_connections gauge\n");
-        let _ = writeln!(out, "drover_mqtt_connections {}", self.open.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "drover_mqtt_connections {}",
+            self.open.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP drover_mqtt_sessions_accepted_total Device sessions that passed the handshake and CONNECT checks.\n");
         out.push_str("# TYPE drover_mqtt_sessions_accepted_total counter\n");
-        let _ = writeln!(out, "drover_mqtt_sessions_accepted_total {}", self.accepted.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "drover_mqtt_sessions_accepted_total {}",
+            self.accepted.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP drover_mqtt_refused_total Device connections refused or closed by the gateway, by reason.\n");
         out.push_str("# TYPE drover_mqtt_refused_total counter\n");
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
@@ -142,7 +152,11 @@ struct Refusal(&'static str, String);
 
 impl Gateway {
     /// Accepts connections until the listener fails; each gets its own task.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, mut revocations: broadcast::Receiver<String>) {
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut revocations: broadcast::Receiver<String>,
+    ) {
         {
             let sessions = self.sessions.clone();
             // Ends by itself when the revocation channel closes.
@@ -152,7 +166,11 @@ impl Gateway {
                         Ok(device_id) => {
                             let n = sessions.close(&device_id);
                             if n > 0 {
-                                tracing::info!(device_id, sessions = n, "closed the MQTT sessions of a revoked device");
+                                tracing::info!(
+                                    device_id,
+                                    sessions = n,
+                                    "closed the MQTT sessions of a revoked device"
+                                );
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => continue,
@@ -201,22 +219,32 @@ impl Gateway {
 
         let (mut device_rx, mut device_tx) = tokio::io::split(tls);
         let mut buf = BytesMut::with_capacity(4096);
-        let connect = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_packet(&mut device_rx, &mut buf))
-            .await
-            .map_err(|_| Refusal("connect_timeout", "no CONNECT within 10 s".into()))??;
+        let connect =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, read_packet(&mut device_rx, &mut buf))
+                .await
+                .map_err(|_| Refusal("connect_timeout", "no CONNECT within 10 s".into()))??;
         let Packet::Connect(mut connect) = connect else {
-            return Err(Refusal("protocol", "the first packet was not CONNECT".into()));
+            return Err(Refusal(
+                "protocol",
+                "the first packet was not CONNECT".into(),
+            ));
         };
         if connect.client_id != device_id {
             return Err(Refusal(
                 "client_id",
-                format!("client id {:?} is not the certificate's device id {device_id}", connect.client_id),
+                format!(
+                    "client id {:?} is not the certificate's device id {device_id}",
+                    connect.client_id
+                ),
             ));
         }
         if let Some(will) = &connect.last_will
             && will.topic != format!("{prefix}state")
         {
-            return Err(Refusal("will_topic", format!("will topic {:?} is outside the device's prefix", will.topic)));
+            return Err(Refusal(
+                "will_topic",
+                format!("will topic {:?} is outside the device's prefix", will.topic),
+            ));
         }
         connect.login = Some(Login::new(device_id.clone(), self.secret.clone()));
 
@@ -229,7 +257,10 @@ impl Gateway {
         Packet::Connect(connect)
             .write(&mut out, MAX_PACKET_BYTES)
             .map_err(|e| Refusal("protocol", e.to_string()))?;
-        broker_tx.write_all(&out).await.map_err(|e| Refusal("upstream", e.to_string()))?;
+        broker_tx
+            .write_all(&out)
+            .await
+            .map_err(|e| Refusal("upstream", e.to_string()))?;
         out.clear();
 
         let (session, mut revoked) = self.sessions.register(&device_id);
@@ -238,13 +269,19 @@ impl Gateway {
             loop {
                 let packet = read_packet(&mut device_rx, &mut buf).await?;
                 check(&packet, &prefix)?;
-                packet.write(&mut out, MAX_PACKET_BYTES).map_err(|e| Refusal("protocol", e.to_string()))?;
+                packet
+                    .write(&mut out, MAX_PACKET_BYTES)
+                    .map_err(|e| Refusal("protocol", e.to_string()))?;
                 // Forward everything already buffered in one write.
                 while let Ok(more) = Packet::read(&mut buf, MAX_PACKET_BYTES) {
                     check(&more, &prefix)?;
-                    more.write(&mut out, MAX_PACKET_BYTES).map_err(|e| Refusal("protocol", e.to_string()))?;
+                    more.write(&mut out, MAX_PACKET_BYTES)
+                        .map_err(|e| Refusal("protocol", e.to_string()))?;
                 }
-                broker_tx.write_all(&out).await.map_err(|e| Refusal("upstream", e.to_string()))?;
+                broker_tx
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| Refusal("upstream", e.to_string()))?;
                 out.clear();
             }
             #[allow(unreachable_code)]
@@ -271,27 +308,42 @@ impl Gateway {
 
     /// The accepted device a client certificate belongs to.
     async fn device_for(&self, der: &[u8]) -> Result<String, Refusal> {
-        let serial = serial_of(der).ok_or_else(|| Refusal("tls", "unreadable client certificate".into()))?;
+        let serial =
+            serial_of(der).ok_or_else(|| Refusal("tls", "unreadable client certificate".into()))?;
         let cert = devices::certificate(&self.store, &serial)
             .await
             .map_err(|e| Refusal("store", e.to_string()))?
-            .ok_or_else(|| Refusal("unknown_certificate", format!("certificate {serial} is not known")))?;
+            .ok_or_else(|| {
+                Refusal(
+                    "unknown_certificate",
+                    format!("certificate {serial} is not known"),
+                )
+            })?;
         if cert.revoked_at.is_some() {
-            return Err(Refusal("revoked", format!("certificate {serial} is revoked")));
+            return Err(Refusal(
+                "revoked",
+                format!("certificate {serial} is revoked"),
+            ));
         }
         let device = devices::get(&self.store, &cert.device_id)
             .await
             .map_err(|e| Refusal("store", e.to_string()))?
             .ok_or_else(|| Refusal("unknown_device", cert.device_id.clone()))?;
         if device.status() != Status::Accepted {
-            return Err(Refusal("not_accepted", format!("device {} is {}", device.id, device.status().as_str())));
+            return Err(Refusal(
+                "not_accepted",
+                format!("device {} is {}", device.id, device.status().as_str()),
+            ));
         }
         Ok(device.id)
     }
 }
 
 /// Reads one packet, pulling more bytes from `rx` until it is whole.
-async fn read_packet<R: tokio::io::AsyncRead + Unpin>(rx: &mut R, buf: &mut BytesMut) -> Result<Packet, Refusal> {
+async fn read_packet<R: tokio::io::AsyncRead + Unpin>(
+    rx: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Packet, Refusal> {
     loop {
         match Packet::read(buf, MAX_PACKET_BYTES) {
             Ok(p) => return Ok(p),
@@ -301,7 +353,10 @@ async fn read_packet<R: tokio::io::AsyncRead + Unpin>(rx: &mut R, buf: &mut Byte
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
-        let n = rx.read_buf(buf).await.map_err(|e| Refusal("closed", e.to_string()))?;
+        let n = rx
+            .read_buf(buf)
+            .await
+            .map_err(|e| Refusal("closed", e.to_string()))?;
         if n == 0 {
             return Err(Refusal("closed", "the device closed the connection".into()));
         }
@@ -320,14 +375,20 @@ fn check(packet: &Packet, prefix: &str) -> Result<(), Refusal> {
             if ok {
                 Ok(())
             } else {
-                Err(Refusal("publish_topic", format!("publish to {:?} is outside the device's rights", p.topic)))
+                Err(Refusal(
+                    "publish_topic",
+                    format!("publish to {:?} is outside the device's rights", p.topic),
+                ))
             }
         }
         Packet::Subscribe(s) => {
             let commands = format!("{prefix}commands");
             match s.filters.iter().find(|f| f.path != commands) {
                 None => Ok(()),
-                Some(f) => Err(Refusal("subscribe_topic", format!("subscribe to {:?} is outside the device's rights", f.path))),
+                Some(f) => Err(Refusal(
+                    "subscribe_topic",
+                    format!("subscribe to {:?} is outside the device's rights", f.path),
+                )),
             }
         }
         Packet::PubAck(_)
@@ -337,7 +398,10 @@ fn check(packet: &Packet, prefix: &str) -> Result<(), Refusal> {
         | Packet::PingReq
         | Packet::Unsubscribe(_)
         | Packet::Disconnect => Ok(()),
-        other => Err(Refusal("protocol", format!("a device may not send {other:?}"))),
+        other => Err(Refusal(
+            "protocol",
+            format!("a device may not send {other:?}"),
+        )),
     }
 }
 
@@ -351,7 +415,11 @@ mod tests {
     #[test]
     fn devices_publish_only_their_own_telemetry_health_and_state() {
         for ok in ["telemetry", "health", "state"] {
-            let p = Packet::Publish(Publish::new(format!("{PREFIX}{ok}"), QoS::AtLeastOnce, "{}"));
+            let p = Packet::Publish(Publish::new(
+                format!("{PREFIX}{ok}"),
+                QoS::AtLeastOnce,
+                "{}",
+            ));
             assert!(check(&p, PREFIX).is_ok(), "{ok}");
         }
         for bad in [
@@ -368,9 +436,17 @@ mod tests {
 
     #[test]
     fn devices_subscribe_only_to_their_own_commands() {
-        let ok = Packet::Subscribe(Subscribe::new(format!("{PREFIX}commands"), QoS::AtLeastOnce));
+        let ok = Packet::Subscribe(Subscribe::new(
+            format!("{PREFIX}commands"),
+            QoS::AtLeastOnce,
+        ));
         assert!(check(&ok, PREFIX).is_ok());
-        for bad in ["drover/v1/devices/other/commands", "drover/v1/devices/#", "#", "drover/v1/devices/+/commands"] {
+        for bad in [
+            "drover/v1/devices/other/commands",
+            "drover/v1/devices/#",
+            "#",
+            "drover/v1/devices/+/commands",
+        ] {
             let p = Packet::Subscribe(Subscribe::new(bad, QoS::AtLeastOnce));
             assert!(check(&p, PREFIX).is_err(), "{bad}");
         }

@@ -78,7 +78,11 @@ pub fn tls_config(
         .add(CertificateDer::from(identity.ca.cert_der().to_vec()))
         .map_err(|e| tls_err(&e))?;
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    let builder = if require_client { builder } else { builder.allow_unauthenticated() };
+    let builder = if require_client {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
     let inner = builder.build().map_err(|e| tls_err(&e))?;
     let verifier = Arc::new(RevocationAwareVerifier::new(
         inner,
