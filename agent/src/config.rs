@@ -3,6 +3,7 @@
 //! are checked here so the rest of the agent only ever sees a valid `AgentConfig`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use drover_proto::{Installer, Kind};
@@ -42,6 +43,12 @@ max_defer_s = 3600
 # command = "/usr/local/bin/selftest"   # exit 0 = healthy; runs after install (and after the reboot)
 # timeout_s = 60
 # commit_window_s = 300
+
+# Device programs hand readings to STATE_DIR/intake.sock; this also takes them over HTTP
+# (POST /v1/telemetry, no authentication: loopback addresses only). Off unless set.
+#
+# [intake]
+# http_listen = "127.0.0.1:7878"
 "#;
 
 /// The agent's configuration, validated.
@@ -63,6 +70,17 @@ pub struct AgentConfig {
     /// The health check run after an install.
     #[serde(default)]
     pub health: Option<HealthConfig>,
+    /// The local intake.
+    #[serde(default)]
+    pub intake: IntakeConfig,
+}
+
+/// `[intake]`: the local intake's optional HTTP listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    /// `POST /v1/telemetry` on this loopback address; off when absent.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// `[installers.KIND]`: how bundles of one kind are installed.
@@ -158,6 +176,7 @@ impl Default for AgentConfig {
             max_defer_s: default_max_defer_s(),
             installers: BTreeMap::new(),
             health: None,
+            intake: IntakeConfig::default(),
         }
     }
 }
@@ -212,6 +231,13 @@ impl AgentConfig {
             return Err(format!(
                 "`spool_max_bytes` must be at least {MIN_SPOOL_BYTES} (64 KiB), not {}",
                 self.spool_max_bytes
+            ));
+        }
+        if let Some(addr) = self.intake.http_listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(format!(
+                "`intake.http_listen` must be a loopback address such as 127.0.0.1:7878 (the HTTP intake has no authentication), not {addr}"
             ));
         }
         for (kind, installer) in &self.installers {
@@ -429,6 +455,26 @@ commit_window_s = 300
         let err = error("[installers.model]\ntype = \"script\"\nrestart = \" \"\n");
         assert!(err.contains("`restart` must not be empty"), "{err}");
         assert!(parse("[installers.config]\ntype = \"script\"\n").is_ok());
+    }
+
+    #[test]
+    fn the_http_intake_is_off_by_default_and_only_on_loopback() {
+        assert_eq!(parse("").unwrap().intake.http_listen, None);
+        let config = parse("[intake]\nhttp_listen = \"127.0.0.1:7878\"\n").unwrap();
+        assert_eq!(
+            config.intake.http_listen,
+            Some("127.0.0.1:7878".parse().unwrap())
+        );
+        assert!(parse("[intake]\nhttp_listen = \"[::1]:7878\"\n").is_ok());
+        let err = error("[intake]\nhttp_listen = \"0.0.0.0:7878\"\n");
+        assert!(
+            err.contains("`intake.http_listen` must be a loopback"),
+            "{err}"
+        );
+        let err = error("[intake]\nhttp_listen = \"localhost\"\n");
+        assert!(err.contains("line 2"), "{err}");
+        let err = error("[intake]\nhttp = \"127.0.0.1:1\"\n");
+        assert!(err.contains("unknown field `http`"), "{err}");
     }
 
     #[test]

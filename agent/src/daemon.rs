@@ -1,12 +1,26 @@
-//! `drover-agent run`: the daemon. For now it validates `agent.toml` and keeps the device's
-//! identity alive until SIGTERM or Ctrl-C, on which it exits cleanly; heartbeats, telemetry and
-//! the update engine join it here.
+//! `drover-agent run`: the daemon. Validates `agent.toml`, keeps the device's identity alive,
+//! serves the local intake (socket, and HTTP when configured), and publishes spooled readings and
+//! health over MQTT, until SIGTERM or Ctrl-C: then it says `{"online":false}` (best effort),
+//! removes its socket and exits 0. The update engine joins it here.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_proto::Epoch;
+use tokio::sync::{Notify, watch};
 
 use crate::config::AgentConfig;
 use crate::device_api::ServerUrl;
 use crate::error::{Error, Result};
 use crate::identity::renewal::Keeper;
+use crate::report::SharedState;
+use crate::report::intake::{self, Intake};
+use crate::report::publisher::{Publisher, PublisherConfig};
+use crate::report::spool::{SPOOL_DIR, Spool};
 use crate::state::{CONFIG_FILE, StateDir};
+
+/// How long a stopping agent waits for the publisher's goodbye.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs until a stop signal. Configuration errors come first (exit 2), then a missing enrollment.
 pub async fn run(state: &StateDir) -> Result<()> {
@@ -18,13 +32,57 @@ pub async fn run(state: &StateDir) -> Result<()> {
             state.file(crate::state::ENROLLMENT_FILE).display()
         ))
     })?;
+    let epoch = draw_epoch();
+    let spool_dir = state.file(SPOOL_DIR);
+    let max_bytes = config.spool_max_bytes;
+    let open_epoch = epoch.clone();
+    let open_dir = spool_dir.clone();
+    let spool = tokio::task::spawn_blocking(move || Spool::open(&open_dir, max_bytes, open_epoch))
+        .await
+        .map_err(|e| Error::Runtime(format!("cannot open the spool: {e}")))?
+        .map_err(|e| Error::io("open the spool", &spool_dir, e))?;
     tracing::info!(
         device_id = %enrolled.enrollment.device_id,
         server = %server,
         heartbeat_s = config.heartbeat_s,
         installers = config.installers.len(),
+        epoch = %epoch,
+        spool_depth = spool.depth(),
+        spool_dropped = spool.dropped(),
         "drover-agent running"
     );
+    let spool = Arc::new(Mutex::new(spool));
+    let shared = SharedState::default();
+    let spooled = Arc::new(Notify::new());
+    let intake = Intake::new(
+        Arc::clone(&spool),
+        shared.clone(),
+        config.max_defer_s,
+        Arc::clone(&spooled),
+    );
+    let socket = intake::socket_path(state.root());
+    let listener = intake::bind_socket(&socket)?;
+    let http = match config.intake.http_listen {
+        Some(addr) => {
+            let listener = intake::bind_http(addr).await?;
+            tracing::info!(%addr, "HTTP intake listening on POST /v1/telemetry");
+            Some(listener)
+        }
+        None => None,
+    };
+    let publisher = Publisher::new(
+        PublisherConfig {
+            state: state.clone(),
+            device_id: enrolled.enrollment.device_id.clone(),
+            mqtt_url: enrolled.enrollment.mqtt_url.clone(),
+            topic_prefix: enrolled.enrollment.mqtt_topic_prefix.clone(),
+            heartbeat: Duration::from_secs(config.heartbeat_s),
+        },
+        spool,
+        spooled,
+    );
+    let (stop_publisher, stopping) = watch::channel(false);
+    let publishing = tokio::spawn(publisher.run(stopping));
     let keeper = Keeper::new(
         state.clone(),
         server,
@@ -33,13 +91,52 @@ pub async fn run(state: &StateDir) -> Result<()> {
         enrolled.ca_der,
     );
     let stop = stop_signal()?;
-    tokio::select! {
-        () = keeper.keep_alive(crate::now) => Ok(()),
-        signal = stop => {
-            tracing::info!(signal, "stopping");
-            Ok(())
+    let http_intake = {
+        let intake = intake.clone();
+        async move {
+            match http {
+                Some(listener) => intake::serve_http(listener, intake, now_ms).await,
+                None => std::future::pending().await,
+            }
         }
+    };
+    tokio::select! {
+        () = keeper.keep_alive(crate::now) => {}
+        () = intake::serve_socket(listener, intake, now_ms) => {}
+        () = http_intake => {}
+        signal = stop => tracing::info!(signal, "stopping"),
     }
+    let _ = stop_publisher.send(true);
+    if tokio::time::timeout(STOP_TIMEOUT, publishing)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the publisher did not stop in time");
+    }
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::debug!(error = %e, "cannot remove the intake socket");
+    }
+    Ok(())
+}
+
+/// The device clock in milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    crate::now().unix_millis()
+}
+
+/// A fresh telemetry epoch: 8 random bytes from the kernel, so a restarted agent's sequence
+/// numbers (from 1 again) never collide with what it sent before.
+fn draw_epoch() -> Epoch {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    let from_kernel =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if from_kernel.is_err() {
+        // No /dev/urandom (a minimal chroot): std's randomly keyed hasher, mixed with the clock.
+        let mixed = (crate::identity::schedule::jitter() * (u64::MAX as f64)) as u64;
+        bytes = (mixed ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    Epoch::from_random(&bytes)
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT (Ctrl-C).

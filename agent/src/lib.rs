@@ -9,6 +9,7 @@ pub mod device_api;
 pub mod enroll;
 pub mod error;
 pub mod identity;
+pub mod report;
 pub mod state;
 pub mod status;
 

@@ -40,8 +40,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the agent until SIGTERM or Ctrl-C (renews the certificate before it expires).
+    /// Run the agent until SIGTERM or Ctrl-C: intake, spool, MQTT telemetry and health, and
+    /// certificate renewal.
     Run,
+    /// Hand one reading to the running agent's local intake and print its sequence number.
+    Send {
+        /// A metric and its value, e.g. temp_c=48.2 (repeat for more metrics in the reading).
+        #[arg(value_name = "METRIC=VALUE", allow_hyphen_values = true)]
+        readings: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +137,11 @@ fn execute(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Run => runtime()?.block_on(daemon::run(&state)),
+        Command::Send { readings } => {
+            let seq = drover_agent::report::intake::send(state.root(), &readings)?;
+            println!("{seq}");
+            Ok(())
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::report::spool::{SPOOL_DIR, depth_on_disk};
 use crate::state::StateDir;
 
 /// The device's status as `status` prints it.
@@ -21,6 +22,8 @@ pub struct Status {
     pub mqtt_topic_prefix: String,
     /// `notAfter` of `device.crt`, RFC 3339 UTC.
     pub certificate_expires_at: String,
+    /// Readings in the spool not yet acknowledged by the broker (read from the spool's files).
+    pub spool_depth: u64,
 }
 
 impl Status {
@@ -28,6 +31,9 @@ impl Status {
     pub fn read(state: &StateDir) -> Result<Status> {
         let enrollment = state.require_enrollment()?;
         let certificate = state.certificate()?;
+        let spool_dir = state.file(SPOOL_DIR);
+        let spool_depth =
+            depth_on_disk(&spool_dir).map_err(|e| Error::io("read the spool", &spool_dir, e))?;
         Ok(Status {
             device_id: enrollment.device_id.to_string(),
             server: enrollment.server,
@@ -35,11 +41,13 @@ impl Status {
             mqtt_url: enrollment.mqtt_url,
             mqtt_topic_prefix: enrollment.mqtt_topic_prefix,
             certificate_expires_at: certificate.not_after().to_string(),
+            spool_depth,
         })
     }
 
     /// One `name: value` line per field.
     pub fn to_text(&self) -> String {
+        let spool_depth = self.spool_depth.to_string();
         [
             ("device_id", &self.device_id),
             ("server", &self.server),
@@ -47,6 +55,7 @@ impl Status {
             ("mqtt_url", &self.mqtt_url),
             ("mqtt_topic_prefix", &self.mqtt_topic_prefix),
             ("certificate_expires_at", &self.certificate_expires_at),
+            ("spool_depth", &spool_depth),
         ]
         .iter()
         .map(|(name, value)| format!("{name}: {value}\n"))
@@ -75,7 +84,8 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
         assert_eq!(json["mqtt_url"], "mqtts://127.0.0.1:8883");
         assert_eq!(json["certificate_expires_at"], "2096-10-02T07:06:40Z");
-        assert_eq!(json.as_object().unwrap().len(), 6);
+        assert_eq!(json["spool_depth"], 0);
+        assert_eq!(json.as_object().unwrap().len(), 7);
         assert!(
             status
                 .to_text()

@@ -67,6 +67,14 @@ impl Backoff {
         }
     }
 
+    /// Backoff from 1 s up to `cap` (at least 1 s), whatever a certificate's lifetime.
+    pub fn with_cap(cap: Duration) -> Backoff {
+        Backoff {
+            cap: cap.max(FIRST_RETRY),
+            failures: 0,
+        }
+    }
+
     /// The longest delay this backoff reaches.
     pub fn cap(&self) -> Duration {
         self.cap

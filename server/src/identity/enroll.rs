@@ -250,17 +250,7 @@ impl Identity {
                 device.status().as_str()
             )));
         }
-        let issued = self.ca.issue_device(
-            &csr.public_key,
-            &device.id,
-            self.cert_lifetime,
-            OffsetDateTime::now_utc(),
-        )?;
-        devices::record_certificate(
-            &self.store,
-            &record(&device.id, &csr.key_sha256, &issued, "enroll"),
-        )
-        .await?;
+        let issued = self.issue_and_record(&device.id, csr, "enroll").await?;
         Ok(Enrolled {
             device,
             certificate: issued,
@@ -268,21 +258,26 @@ impl Identity {
         })
     }
 
-    /// Issues a fresh certificate to an authenticated device.
-    pub async fn renew(&self, device: &Device, csr_pem: &str) -> Result<Issued> {
-        let csr = parse_csr("csr_pem", csr_pem)?;
+    /// Issues a certificate for `csr` to an existing device and records it.
+    async fn issue_and_record(&self, device_id: &str, csr: &Csr, why: &str) -> Result<Issued> {
         let issued = self.ca.issue_device(
             &csr.public_key,
-            &device.id,
+            device_id,
             self.cert_lifetime,
             OffsetDateTime::now_utc(),
         )?;
         devices::record_certificate(
             &self.store,
-            &record(&device.id, &csr.key_sha256, &issued, "renew"),
+            &record(device_id, &csr.key_sha256, &issued, why),
         )
         .await?;
         Ok(issued)
+    }
+
+    /// Issues a fresh certificate to an authenticated device.
+    pub async fn renew(&self, device: &Device, csr_pem: &str) -> Result<Issued> {
+        let csr = parse_csr("csr_pem", csr_pem)?;
+        self.issue_and_record(&device.id, &csr, "renew").await
     }
 
     /// Re-certifies a device whose certificate expired within the grace period, for the same key.
@@ -331,17 +326,7 @@ impl Identity {
                 device.status().as_str()
             )));
         }
-        let issued = self.ca.issue_device(
-            &csr.public_key,
-            &device.id,
-            self.cert_lifetime,
-            OffsetDateTime::now_utc(),
-        )?;
-        devices::record_certificate(
-            &self.store,
-            &record(&device.id, &csr.key_sha256, &issued, "recover"),
-        )
-        .await?;
+        let issued = self.issue_and_record(&device.id, &csr, "recover").await?;
         Ok((device, issued))
     }
 

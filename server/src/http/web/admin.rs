@@ -369,15 +369,13 @@ impl AuditPage {
     }
 
     fn page_link(&self, page: i64) -> String {
-        let q = serde_urlencoded::to_string([
+        let filters = [
             ("actor", self.actor.as_str()),
             ("action", self.action.as_str()),
             ("from", self.from.as_str()),
             ("to", self.to.as_str()),
-            ("page", &page.to_string()),
-        ])
-        .unwrap_or_default();
-        format!("/audit?{q}")
+        ];
+        super::page_link("/audit", &filters, page)
     }
 }
 

@@ -46,15 +46,13 @@ struct DevicesPage {
 
 impl DevicesPage {
     fn page_link(&self, page: i64) -> String {
-        let q = serde_urlencoded::to_string([
+        let filters = [
             ("status", self.status.as_str()),
             ("type", self.device_type.as_str()),
             ("tag", self.tag.as_str()),
             ("q", self.q.as_str()),
-            ("page", &page.to_string()),
-        ])
-        .unwrap_or_default();
-        format!("/devices?{q}")
+        ];
+        super::page_link("/devices", &filters, page)
     }
 }
 

@@ -214,6 +214,17 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, actix_web::Erro
     Ok(WebError::NotFound(format!("there is no page at {}", req.path())).error_response())
 }
 
+/// A link to `page` of a filtered list, keeping the filters.
+pub fn page_link(base: &str, filters: &[(&str, &str)], page: i64) -> String {
+    let page = page.to_string();
+    let mut pairs: Vec<(&str, &str)> = filters.to_vec();
+    pairs.push(("page", &page));
+    format!(
+        "{base}?{}",
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    )
+}
+
 /// Percent-encodes a query value.
 pub fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("v", s)])
