@@ -92,6 +92,8 @@ pub struct Settings {
     pub enroll_rate_per_minute: u32,
     /// Passphrase protecting the fleet CA key on disk.
     pub ca_passphrase: Option<Secret>,
+    /// Run after the CRL for an external broker is rewritten (e.g. `systemctl reload mosquitto`).
+    pub mqtt_crl_reload_command: Option<String>,
 }
 
 /// The file format: the same keys as the environment, lower case. Unknown keys are errors.
@@ -115,6 +117,7 @@ struct FileSettings {
     recovery_grace: Option<String>,
     enroll_rate_per_minute: Option<u32>,
     ca_passphrase: Option<String>,
+    mqtt_crl_reload_command: Option<String>,
 }
 
 /// Every key the server reads, for the README table and for rejecting unknown variables.
@@ -136,6 +139,7 @@ pub const KEYS: &[&str] = &[
     "recovery_grace",
     "enroll_rate_per_minute",
     "ca_passphrase",
+    "mqtt_crl_reload_command",
 ];
 
 impl Settings {
@@ -199,6 +203,7 @@ impl Settings {
             recovery_grace: std::time::Duration::from_secs(365 * 86_400),
             enroll_rate_per_minute: 1000,
             ca_passphrase: None,
+            mqtt_crl_reload_command: None,
         }
     }
 
@@ -343,6 +348,8 @@ impl Settings {
                 "must have at least 12 characters",
             ));
         }
+        let mqtt_crl_reload_command = text("mqtt_crl_reload_command", file.mqtt_crl_reload_command)
+            .filter(|c| !c.trim().is_empty());
         Ok(Settings {
             data_dir,
             database_url,
@@ -361,6 +368,7 @@ impl Settings {
             recovery_grace,
             enroll_rate_per_minute,
             ca_passphrase,
+            mqtt_crl_reload_command,
         })
     }
 }

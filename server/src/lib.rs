@@ -14,5 +14,6 @@ pub mod paging;
 pub mod secrets;
 pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod timefmt;
 pub mod users;

@@ -21,8 +21,11 @@ use crate::identity::revocation::RevokedSerials;
 use crate::keys::{self, Keyring};
 use crate::mqtt::broker;
 use crate::mqtt::client::MqttLink;
+use crate::mqtt::external::{BrokerEndpoint, RevocationSync, SERVER_CLIENT_NAME};
 use crate::mqtt::gateway::{Gateway, GatewayMetrics, Sessions};
 use crate::store::{Store, StoreError};
+use crate::telemetry::Catalog;
+use crate::telemetry::ingest::{Ingest, IngestMetrics};
 use crate::users::{self, jwt::JwtKeys, throttle::LoginThrottle};
 use rumqttc::MqttOptions;
 
@@ -263,8 +266,19 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
     });
     let tls = http::device::tls_config(&identity, &settings.public_hostnames, false)?;
 
+    let catalog = Arc::new(Catalog::default());
+    let ingest_metrics = Arc::new(IngestMetrics::default());
+    let (ingest_tx, ingest_rx) = tokio::sync::mpsc::channel(10_000);
+    let ingest_task = tokio::spawn(
+        Ingest {
+            store: store.clone(),
+            catalog: catalog.clone(),
+            metrics: ingest_metrics.clone(),
+        }
+        .run(ingest_rx),
+    );
     let (mqtt, mqtt_task, gateway_task, gateway_metrics) =
-        start_mqtt(&settings, &store, &identity, mqtt_listener)?;
+        start_mqtt(&settings, &store, &identity, mqtt_listener, ingest_tx)?;
 
     let openapi_json = serde_json::to_string_pretty(&http::api::openapi())
         .map_err(|e| crate::error::Error::Internal(format!("OpenAPI document: {e}")))?;
@@ -278,6 +292,8 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         identity: identity.clone(),
         device_url: format!("https://{public_host}:{}", device_addr.port()),
         gateway: gateway_metrics,
+        catalog,
+        ingest: ingest_metrics,
     });
 
     let listener = bind(
@@ -345,6 +361,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         tokio::spawn(purge_sessions(store.clone())),
         tokio::spawn(reload_revocations(store.clone(), revoked)),
         mqtt_task,
+        ingest_task,
     ];
     background.extend(gateway_task);
     Ok(Application {
@@ -375,12 +392,23 @@ fn start_mqtt(
     store: &Store,
     identity: &Arc<Identity>,
     listener: Option<TcpListener>,
+    ingest: tokio::sync::mpsc::Sender<crate::mqtt::client::Inbound>,
 ) -> Result<MqttParts, StartError> {
     let Some(listener) = listener else {
         let url = settings.mqtt_url.clone().unwrap_or_default();
-        let options = external_options(&url).map_err(StartError::Domain)?;
-        let (link, task) = MqttLink::start(options, store.clone());
-        return Ok((link, task, None, None));
+        let endpoint = BrokerEndpoint::parse(&url, &identity.ca, &settings.data_dir)?;
+        let client_id = format!("{SERVER_CLIENT_NAME}-{}", replica_id(&settings.data_dir)?);
+        let (link, task) =
+            MqttLink::start(endpoint.options(&client_id), store.clone(), Some(ingest));
+        let sync = RevocationSync {
+            store: store.clone(),
+            ca: identity.ca.clone(),
+            crl_path: settings.data_dir.join("pki").join("crl.pem"),
+            reload_command: settings.mqtt_crl_reload_command.clone(),
+            endpoint,
+        };
+        let sync_task = tokio::spawn(sync.run(identity.revocations.subscribe()));
+        return Ok((link, task, Some(sync_task), None));
     };
     let listen_err = |source| StartError::Listen {
         what: "MQTT gateway",
@@ -395,7 +423,7 @@ fn start_mqtt(
         broker.addr.port(),
     );
     options.set_credentials("drover-server", broker.secret.clone());
-    let (link, task) = MqttLink::start(options, store.clone());
+    let (link, task) = MqttLink::start(options, store.clone(), Some(ingest));
     let tls = http::device::tls_config(identity, &settings.public_hostnames, true)?;
     let metrics = Arc::new(GatewayMetrics::default());
     let gateway = Arc::new(Gateway {
@@ -412,38 +440,23 @@ fn start_mqtt(
     Ok((link, task, Some(gateway_task), Some(metrics)))
 }
 
-/// Client options for an external broker URL (`mqtt://[user:pass@]host:port`).
-fn external_options(url: &str) -> crate::error::Result<MqttOptions> {
-    let bad =
-        || crate::error::Error::invalid("mqtt_url", format!("{url:?} is not mqtt://HOST:PORT"));
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| {
-            crate::error::Error::invalid(
-                "mqtt_url",
-                "only mqtt:// is supported for an external broker so far; mqtts:// with the server's fleet certificate is not built yet",
-            )
-        })?;
-    let (userinfo, hostport) = match rest.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, rest),
-    };
-    let (host, port) = hostport
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let mut options = MqttOptions::new(
-        format!("drover-server-{}", &crate::secrets::random_token()[..8]),
-        host.to_string(),
-        port,
-    );
-    if let Some(userinfo) = userinfo {
-        let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        options.set_credentials(user, pass);
+/// A stable id for this server's broker session (kept in the data directory).
+fn replica_id(data_dir: &std::path::Path) -> Result<String, StartError> {
+    let bytes = crate::secrets::load_or_create(&data_dir.join("replica.id"), || {
+        hex::encode(rand::random::<[u8; 4]>()).into_bytes()
+    })
+    .map_err(|source| StartError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let id = String::from_utf8_lossy(&bytes).trim().to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(StartError::Domain(crate::error::Error::invalid(
+            "data_dir",
+            "replica.id in the data directory is not alphanumeric; delete it to generate a new one",
+        )));
     }
-    Ok(options)
+    Ok(id)
 }
 
 fn bind(

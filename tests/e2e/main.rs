@@ -11,3 +11,4 @@ mod dashboard;
 mod identity;
 mod mqtt;
 mod ops;
+mod telemetry;

@@ -44,6 +44,10 @@ pub struct AppState {
     pub identity: std::sync::Arc<crate::identity::enroll::Identity>,
     /// The device API's URL as devices reach it (for join commands).
     pub device_url: String,
+    /// Interned metric names (for telemetry queries).
+    pub catalog: std::sync::Arc<crate::telemetry::Catalog>,
+    /// Ingest counters.
+    pub ingest: std::sync::Arc<crate::telemetry::ingest::IngestMetrics>,
     /// The MQTT gateway's counters (embedded broker only).
     pub gateway: Option<std::sync::Arc<crate::mqtt::gateway::GatewayMetrics>>,
 }
@@ -146,8 +150,9 @@ async fn metrics_endpoint(state: aw::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(format!(
-            "{}{}",
+            "{}{}{}",
             state.metrics.render(&state.store),
+            state.ingest.render(),
             state
                 .gateway
                 .as_ref()

@@ -1,13 +1,15 @@
 //! The fleet CA: an ECDSA P-256 key and self-signed CA certificate created at
 //! first start, which signs device certificates (built from our own
 //! parameters, taking only the public key from a CSR) and the server
-//! certificate of the device listener.
+//! certificate of the device listener, the server's client certificate for an
+//! external broker, and the CRL that broker checks.
 
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -160,6 +162,103 @@ impl FleetCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         self.sign(params, public_key, lifetime, now)
+    }
+
+    /// Issues the certificate the server presents to an external broker as a
+    /// privileged client: CN and O `name`, SAN URI `urn:drover:server:NAME`,
+    /// clientAuth, not a CA. The name must hold a character that no device id
+    /// has (`drover-server`), so the broker's user name for it can never be a
+    /// device's.
+    pub fn issue_server_client(
+        &self,
+        name: &str,
+        public_key: &impl PublicKeyData,
+        lifetime: std::time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Issued> {
+        if !super::is_name(name, 64) || name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(Error::invalid(
+                "name",
+                format!(
+                    "{name:?}: use 1 to 64 letters, digits, '.', '_' or '-' with at least one \
+                     '.', '_' or '-', so that it cannot be a device id"
+                ),
+            ));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(
+            format!("urn:drover:server:{name}")
+                .try_into()
+                .map_err(|e| pki_err("server client SAN", e))?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        self.sign(params, public_key, lifetime, now)
+    }
+
+    /// A CRL (PEM) signed by the CA listing `revoked` (serial hex, revoked at
+    /// ms), valid from `now` for 7 days: whoever checks against it (Mosquitto's
+    /// `crlfile`) refuses every certificate once it is stale, so it must be
+    /// rewritten well within that week.
+    pub fn crl_pem(
+        &self,
+        revoked: &[(String, i64)],
+        number: u64,
+        now: OffsetDateTime,
+    ) -> Result<String> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|(serial, at_ms)| {
+                let bytes = hex::decode(serial)
+                    .ok()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| pki_err("revoked serial", format!("{serial:?} is not hex")))?;
+                let revocation_time =
+                    OffsetDateTime::from_unix_timestamp_nanos(i128::from(*at_ms) * 1_000_000)
+                        .map_err(|e| pki_err("revocation time", e))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time,
+                    reason_code: Some(RevocationReason::Unspecified),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(7),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: self.key_identifier_method(),
+        };
+        params
+            .signed_by(&self.issuer)
+            .and_then(|crl| crl.pem())
+            .map_err(|e| pki_err("signing the CRL", e))
+    }
+
+    /// The CA certificate's subject key identifier, so that a CRL's authority
+    /// key identifier matches it as the issued certificates' do.
+    fn key_identifier_method(&self) -> KeyIdMethod {
+        x509_parser::parse_x509_certificate(&self.cert_der)
+            .ok()
+            .and_then(|(_, cert)| {
+                cert.iter_extensions()
+                    .find_map(|ext| match ext.parsed_extension() {
+                        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                            Some(KeyIdMethod::PreSpecified(id.0.to_vec()))
+                        }
+                        _ => None,
+                    })
+            })
+            .unwrap_or(KeyIdMethod::Sha256)
     }
 
     fn sign(
@@ -344,6 +443,70 @@ mod tests {
             .expect("present");
         assert!(format!("{:?}", san.value).contains("urn:drover:device:01ABC"));
         assert_eq!(issued.serial, hex::encode(cert.raw_serial()));
+    }
+
+    #[test]
+    fn the_server_client_certificate_names_the_server_and_allows_client_auth_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = FleetCa::load_or_create(dir.path(), None).expect("ca");
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let now = OffsetDateTime::now_utc();
+        let issued = ca
+            .issue_server_client(
+                "drover-server",
+                &key,
+                std::time::Duration::from_secs(30 * 86_400),
+                now,
+            )
+            .expect("issue");
+        let der = pem_to_der(&issued.pem).expect("der");
+        assert!(ca.signed(&der));
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        fn first<'a>(
+            mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+        ) -> String {
+            it.next()
+                .expect("present")
+                .as_str()
+                .expect("str")
+                .to_string()
+        }
+        assert_eq!(first(cert.subject().iter_common_name()), "drover-server");
+        assert_eq!(first(cert.subject().iter_organization()), "drover-server");
+        assert!(
+            !cert
+                .basic_constraints()
+                .expect("ext")
+                .expect("present")
+                .value
+                .ca
+        );
+        let eku = cert.extended_key_usage().expect("ext").expect("present");
+        assert!(eku.value.client_auth && !eku.value.server_auth);
+        assert_eq!(cert.public_key().raw, key.subject_public_key_info());
+        assert_eq!(issued.serial, hex::encode(cert.raw_serial()));
+        assert_eq!(
+            cert.validity().not_after.timestamp(),
+            now.unix_timestamp() + 30 * 86_400
+        );
+    }
+
+    #[test]
+    fn a_server_client_name_that_could_be_a_device_id_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = FleetCa::load_or_create(dir.path(), None).expect("ca");
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        for name in ["droverserver", "", "drover/server", "drover+"] {
+            let e = ca
+                .issue_server_client(
+                    name,
+                    &key,
+                    std::time::Duration::from_secs(3600),
+                    OffsetDateTime::now_utc(),
+                )
+                .unwrap_err();
+            assert!(e.to_string().starts_with("name:"), "{name:?}: {e}");
+        }
     }
 
     #[test]

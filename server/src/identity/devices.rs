@@ -365,3 +365,14 @@ pub async fn set_online(store: &Store, id: &str, online: bool) -> Result<()> {
         .bind(online).bind(now_ms()).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
     Ok(())
 }
+
+/// Every revoked certificate: serial and revocation time (for the CRL).
+pub async fn revoked_certificates(store: &Store) -> Result<Vec<(String, i64)>> {
+    let rows: Vec<(String, Option<i64>)> = on_store!(store, pool => sqlx::query_as(
+        "SELECT serial, revoked_at FROM device_certificates WHERE revoked_at IS NOT NULL ORDER BY serial")
+        .fetch_all(pool).await)?;
+    Ok(rows
+        .into_iter()
+        .map(|(s, at)| (s, at.unwrap_or(0)))
+        .collect())
+}

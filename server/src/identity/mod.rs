@@ -3,6 +3,7 @@
 //! device's certificates are refused from the moment of revocation.
 
 pub mod ca;
+pub mod crl;
 pub mod devices;
 pub mod enroll;
 pub mod revocation;

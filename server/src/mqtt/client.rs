@@ -25,6 +25,31 @@ pub struct Inbound {
     pub payload: Bytes,
     /// When the server received it (ms).
     pub received_at: i64,
+    ack: Option<Acker>,
+}
+
+/// Acknowledges a QoS 1 message once whoever stores it has committed.
+#[derive(Clone)]
+struct Acker {
+    client: AsyncClient,
+    publish: std::sync::Arc<rumqttc::Publish>,
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Acker(pkid {})", self.publish.pkid)
+    }
+}
+
+impl Inbound {
+    /// Tells the broker the message is safe (stored); until then it redelivers it.
+    pub async fn ack(&self) {
+        if let Some(a) = &self.ack
+            && let Err(e) = a.client.ack(&a.publish).await
+        {
+            tracing::warn!(error = %e, "cannot acknowledge a message");
+        }
+    }
 }
 
 /// The subscriptions of the server, shared between replicas. One group per
@@ -41,6 +66,7 @@ pub const SUBSCRIPTIONS: [&str; 3] = [
 pub struct MqttLink {
     client: AsyncClient,
     events: broadcast::Sender<Inbound>,
+    ingest: Option<tokio::sync::mpsc::Sender<Inbound>>,
 }
 
 impl std::fmt::Debug for MqttLink {
@@ -50,10 +76,12 @@ impl std::fmt::Debug for MqttLink {
 }
 
 impl MqttLink {
-    /// Connects with the given options and starts the event loop task.
+    /// Connects with the given options and starts the event loop task;
+    /// telemetry and health go to `ingest`, which acknowledges them once stored.
     pub fn start(
         mut options: MqttOptions,
         store: Store,
+        ingest: Option<tokio::sync::mpsc::Sender<Inbound>>,
     ) -> (MqttLink, tokio::task::JoinHandle<()>) {
         options
             .set_clean_session(false)
@@ -66,7 +94,11 @@ impl MqttLink {
             .set_inflight(100);
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (events, _) = broadcast::channel(4096);
-        let link = MqttLink { client, events };
+        let link = MqttLink {
+            client,
+            events,
+            ingest,
+        };
         let task = tokio::spawn(link.clone().drive(eventloop, store));
         (link, task)
     }
@@ -105,8 +137,10 @@ impl MqttLink {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    self.dispatch(&store, &publish).await;
-                    if let Err(e) = self.client.ack(&publish).await {
+                    // Telemetry and health are acknowledged by ingest after they are stored.
+                    if !self.dispatch(&store, publish.clone()).await
+                        && let Err(e) = self.client.ack(&publish).await
+                    {
                         tracing::warn!(error = %e, "cannot acknowledge a message");
                     }
                 }
@@ -125,10 +159,11 @@ impl MqttLink {
         }
     }
 
-    async fn dispatch(&self, store: &Store, publish: &rumqttc::Publish) {
+    /// Hands a message on; answers true when ingest took it (and will acknowledge it).
+    async fn dispatch(&self, store: &Store, publish: rumqttc::Publish) -> bool {
         let Ok((device, kind)) = parse_topic(&publish.topic, PrefixShape::Plain) else {
             tracing::warn!(topic = %publish.topic, "a message on a topic the server does not handle");
-            return;
+            return false;
         };
         let device_id = device.as_str().to_string();
         if kind == TopicKind::State {
@@ -145,11 +180,30 @@ impl MqttLink {
         } else if let Err(e) = devices::touch(store, &device_id).await {
             tracing::warn!(device_id, error = %e, "cannot record contact");
         }
-        let _ = self.events.send(Inbound {
+        let stored_by_ingest =
+            matches!(kind, TopicKind::Telemetry | TopicKind::Health) && self.ingest.is_some();
+        let inbound = Inbound {
             device_id,
             kind,
             payload: publish.payload.clone(),
             received_at: now_ms(),
+            ack: stored_by_ingest.then(|| Acker {
+                client: self.client.clone(),
+                publish: std::sync::Arc::new(publish),
+            }),
+        };
+        let _ = self.events.send(Inbound {
+            ack: None,
+            ..inbound.clone()
         });
+        if stored_by_ingest && let Some(queue) = &self.ingest {
+            // A full queue holds the event loop here: back-pressure reaches the
+            // broker, which keeps the messages for this persistent session.
+            if queue.send(inbound).await.is_err() {
+                tracing::error!("the ingest worker has stopped; messages stay unacknowledged");
+            }
+            return true;
+        }
+        false
     }
 }

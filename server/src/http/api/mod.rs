@@ -5,6 +5,7 @@
 mod audit;
 mod devices;
 mod enrollment;
+mod telemetry;
 pub use self::audit::AuditQuery;
 pub use self::devices::DeviceQuery;
 pub use self::enrollment::{CreateEnrollmentToken, DurationInput, new_token};
@@ -70,6 +71,7 @@ pub fn scope() -> Scope<
         .configure(audit::routes)
         .configure(enrollment::routes)
         .configure(devices::routes)
+        .configure(telemetry::routes)
         .default_service(web::to(api_not_found))
 }
 

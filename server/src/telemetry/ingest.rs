@@ -1,0 +1,495 @@
+//! Ingest: device messages arrive through a bounded queue (back-pressure
+//! reaches the broker, which holds them for the persistent session), are
+//! validated, and are stored in batches, one transaction each. Readings are
+//! de-duplicated by (device, epoch, seq), so QoS 1 redelivery and spool
+//! replay store nothing twice; a message is acknowledged to the broker only
+//! after its batch committed. Bad payloads are counted and recorded as device
+//! events without stopping the flow of good ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use drover_proto::{Telemetry, TopicKind};
+use tokio::sync::mpsc;
+
+use super::{Catalog, events};
+use crate::error::Result;
+use crate::mqtt::client::Inbound;
+use crate::on_store;
+use crate::store::{Store, now_ms};
+
+/// Most metrics one reading may carry.
+pub const MAX_METRICS: usize = 64;
+/// Longest metric name.
+pub const MAX_METRIC_NAME: usize = 64;
+/// How far ahead of the server's clock a reading may be stamped.
+pub const MAX_FUTURE_MS: i64 = 24 * 3_600_000;
+/// Largest message accepted.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Messages taken into one transaction at most.
+const BATCH_MESSAGES: usize = 500;
+/// Width of a rollup bucket.
+pub const BUCKET_MS: i64 = 60_000;
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    /// Readings stored.
+    pub stored: AtomicU64,
+    /// Readings already stored before (redelivery, replay).
+    pub duplicates: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Messages or readings refused, by reason.
+    pub rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Messages waiting in the queue.
+    pub queued: AtomicU64,
+}
+
+impl IngestMetrics {
+    fn reject(&self, reason: &'static str) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text of these counters.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "drover_telemetry_readings_stored_total",
+            "Readings stored.",
+            self.stored.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "drover_telemetry_duplicates_total",
+            "Readings received again and not stored twice.",
+            self.duplicates.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "drover_telemetry_batches_total",
+            "Ingest transactions committed.",
+            self.batches.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP drover_telemetry_queue_depth Device messages waiting to be stored.\n# TYPE drover_telemetry_queue_depth gauge\ndrover_telemetry_queue_depth {}",
+            self.queued.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP drover_telemetry_rejected_total Device messages or readings refused, by reason.\n# TYPE drover_telemetry_rejected_total counter\n");
+        for (reason, n) in self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "drover_telemetry_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
+/// A rollup row's key: device, metric, bucket start, version set.
+type RollupKey = (String, i64, i64, i64);
+/// A rollup row's values: min, max, sum, count.
+type RollupValue = (f64, f64, f64, i64);
+
+/// One reading that passed validation.
+#[derive(Debug, Clone)]
+struct Valid {
+    device_id: String,
+    epoch: String,
+    seq: i64,
+    ts: i64,
+    versions: String,
+    metrics: Vec<(String, f64)>,
+}
+
+/// Why a message or reading was refused (also the metrics label).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// Short label.
+    pub reason: &'static str,
+    /// What was wrong, for the device's events.
+    pub detail: String,
+}
+
+fn reject(reason: &'static str, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Parses and checks a telemetry payload; good readings and refused ones apart.
+pub fn validate(
+    device_id: &str,
+    payload: &[u8],
+    now: i64,
+) -> Result<(Vec<ValidReading>, Vec<Rejection>), Rejection> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(reject(
+            "too_large",
+            format!(
+                "a message of {} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
+                payload.len()
+            ),
+        ));
+    }
+    let message: Telemetry = serde_json::from_slice(payload)
+        .map_err(|e| reject("invalid_json", format!("not a telemetry message: {e}")))?;
+    let versions = serde_json::to_string(
+        &message
+            .versions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    )
+    .unwrap_or_else(|_| "{}".into());
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for r in message.readings.as_slice() {
+        let problem = if r.metrics.is_empty() {
+            Some(reject(
+                "no_metrics",
+                format!("reading {} has no metrics", r.seq),
+            ))
+        } else if r.metrics.len() > MAX_METRICS {
+            Some(reject(
+                "too_many_metrics",
+                format!(
+                    "reading {} has {} metrics; at most {MAX_METRICS}",
+                    r.seq,
+                    r.metrics.len()
+                ),
+            ))
+        } else if let Some(name) = r.metrics.keys().find(|n| !valid_metric_name(n)) {
+            Some(reject(
+                "bad_metric_name",
+                format!(
+                    "metric name {:?} is not 1 to {MAX_METRIC_NAME} letters, digits, '_', '.' or '-'",
+                    truncate(name)
+                ),
+            ))
+        } else if let Some((name, _)) = r.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            Some(reject(
+                "non_finite",
+                format!("metric {name} is not a finite number"),
+            ))
+        } else if r.ts > now + MAX_FUTURE_MS {
+            Some(reject(
+                "future_timestamp",
+                format!(
+                    "reading {} is stamped more than a day ahead of the server's clock",
+                    r.seq
+                ),
+            ))
+        } else if r.ts <= 0 {
+            Some(reject(
+                "bad_timestamp",
+                format!("reading {} has no valid timestamp", r.seq),
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => bad.push(p),
+            None => good.push(ValidReading(Valid {
+                device_id: device_id.to_string(),
+                epoch: message.epoch.as_str().to_string(),
+                seq: i64::try_from(r.seq).unwrap_or(i64::MAX),
+                ts: r.ts,
+                versions: versions.clone(),
+                metrics: r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            })),
+        }
+    }
+    Ok((good, bad))
+}
+
+/// A reading that passed validation (opaque outside this module).
+#[derive(Debug, Clone)]
+pub struct ValidReading(Valid);
+
+fn valid_metric_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_METRIC_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// The worker that drains the queue into the store.
+pub struct Ingest {
+    /// The store.
+    pub store: Store,
+    /// Interned names.
+    pub catalog: std::sync::Arc<Catalog>,
+    /// Counters.
+    pub metrics: std::sync::Arc<IngestMetrics>,
+}
+
+impl Ingest {
+    /// Runs until the queue closes.
+    pub async fn run(self, mut queue: mpsc::Receiver<Inbound>) {
+        let mut batch = Vec::with_capacity(BATCH_MESSAGES);
+        loop {
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            batch.push(first);
+            // Take what is already waiting, so a flood commits in large batches.
+            while batch.len() < BATCH_MESSAGES {
+                match queue.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.metrics
+                .queued
+                .store(queue.len() as u64, Ordering::Relaxed);
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.store_batch(&batch).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        // Nothing was acknowledged; keep the batch and retry.
+                        tracing::error!(error = %e, messages = batch.len(), "cannot store a telemetry batch; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            for m in batch.drain(..) {
+                m.ack().await;
+            }
+        }
+    }
+
+    async fn store_batch(&self, batch: &[Inbound]) -> Result<()> {
+        let now = now_ms();
+        let mut readings = Vec::new();
+        let mut health = Vec::new();
+        let mut rejections: Vec<(String, Rejection)> = Vec::new();
+        for m in batch {
+            match m.kind {
+                TopicKind::Telemetry => match validate(&m.device_id, &m.payload, now) {
+                    Ok((good, bad)) => {
+                        readings.extend(good.into_iter().map(|r| r.0));
+                        rejections.extend(bad.into_iter().map(|b| (m.device_id.clone(), b)));
+                    }
+                    Err(r) => rejections.push((m.device_id.clone(), r)),
+                },
+                TopicKind::Health => {
+                    match serde_json::from_slice::<drover_proto::Health>(&m.payload) {
+                        Ok(_) if m.payload.len() <= MAX_PAYLOAD_BYTES => {
+                            health.push((
+                                m.device_id.clone(),
+                                String::from_utf8_lossy(&m.payload).into_owned(),
+                            ));
+                        }
+                        Ok(_) => rejections.push((
+                            m.device_id.clone(),
+                            reject("too_large", "a health report over the size limit"),
+                        )),
+                        Err(e) => rejections.push((
+                            m.device_id.clone(),
+                            reject("invalid_health", format!("not a health report: {e}")),
+                        )),
+                    }
+                }
+                TopicKind::State | TopicKind::Commands => {}
+            }
+        }
+        let names: Vec<String> = readings
+            .iter()
+            .flat_map(|r| r.metrics.iter().map(|(n, _)| n.clone()))
+            .collect();
+        let sets: Vec<String> = readings.iter().map(|r| r.versions.clone()).collect();
+        let metric_ids = self.catalog.metric_ids(&self.store, names).await?;
+        let version_ids = self.catalog.version_ids(&self.store, sets).await?;
+        let (stored, duplicates) = self
+            .write(&readings, &metric_ids, &version_ids, &health)
+            .await?;
+        self.metrics.stored.fetch_add(stored, Ordering::Relaxed);
+        self.metrics
+            .duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        for (device_id, r) in rejections {
+            self.metrics.reject(r.reason);
+            events::record(&self.store, &device_id, "telemetry_rejected", &r.detail).await?;
+        }
+        Ok(())
+    }
+
+    /// One transaction: seen keys, points, rollups, latest values, health.
+    async fn write(
+        &self,
+        readings: &[Valid],
+        metric_ids: &HashMap<String, i64>,
+        version_ids: &HashMap<String, i64>,
+        health: &[(String, String)],
+    ) -> Result<(u64, u64)> {
+        let now = now_ms();
+        let upsert_rollup = match &self.store {
+            Store::Sqlite(_) => "INSERT INTO telemetry_rollups (device_id, metric_id, bucket, version_set_id, min, max, sum, count)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (device_id, metric_id, bucket, version_set_id) DO UPDATE SET
+                   min = MIN(telemetry_rollups.min, excluded.min), max = MAX(telemetry_rollups.max, excluded.max),
+                   sum = telemetry_rollups.sum + excluded.sum, count = telemetry_rollups.count + excluded.count",
+            Store::Postgres(_) => "INSERT INTO telemetry_rollups (device_id, metric_id, bucket, version_set_id, min, max, sum, count)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (device_id, metric_id, bucket, version_set_id) DO UPDATE SET
+                   min = LEAST(telemetry_rollups.min, excluded.min), max = GREATEST(telemetry_rollups.max, excluded.max),
+                   sum = telemetry_rollups.sum + excluded.sum, count = telemetry_rollups.count + excluded.count",
+        };
+        let result: std::result::Result<(u64, u64), sqlx::Error> = on_store!(&self.store, pool => {
+            let mut tx = pool.begin().await?;
+            let mut stored = 0u64;
+            let mut duplicates = 0u64;
+            // (device, metric, bucket, version set) → (min, max, sum, count)
+            let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+            let mut latest: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
+            for r in readings {
+                let fresh = sqlx::query(
+                    "INSERT INTO telemetry_seen (device_id, epoch, seq, ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                    .bind(&r.device_id).bind(&r.epoch).bind(r.seq).bind(r.ts)
+                    .execute(&mut *tx).await?.rows_affected() == 1;
+                if !fresh {
+                    duplicates += 1;
+                    continue;
+                }
+                stored += 1;
+                let vset = version_ids.get(&r.versions).copied().unwrap_or(0);
+                for (name, value) in &r.metrics {
+                    let Some(&metric) = metric_ids.get(name) else { continue };
+                    sqlx::query(
+                        "INSERT INTO telemetry_points (device_id, metric_id, ts, value, version_set_id) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(&r.device_id).bind(metric).bind(r.ts).bind(*value).bind(vset)
+                        .execute(&mut *tx).await?;
+                    let bucket = r.ts - r.ts.rem_euclid(BUCKET_MS);
+                    let e = rollups.entry((r.device_id.clone(), metric, bucket, vset)).or_insert((*value, *value, 0.0, 0));
+                    e.0 = e.0.min(*value);
+                    e.1 = e.1.max(*value);
+                    e.2 += *value;
+                    e.3 += 1;
+                    let l = latest.entry((r.device_id.clone(), metric)).or_insert((r.ts, *value));
+                    if r.ts >= l.0 {
+                        *l = (r.ts, *value);
+                    }
+                }
+            }
+            for ((device, metric, bucket, vset), (min, max, sum, count)) in &rollups {
+                sqlx::query(sqlx::AssertSqlSafe(upsert_rollup))
+                    .bind(device).bind(metric).bind(bucket).bind(vset).bind(min).bind(max).bind(sum).bind(count)
+                    .execute(&mut *tx).await?;
+            }
+            for ((device, metric), (ts, value)) in &latest {
+                sqlx::query(
+                    "INSERT INTO telemetry_latest (device_id, metric_id, ts, value) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (device_id, metric_id) DO UPDATE SET ts = excluded.ts, value = excluded.value
+                     WHERE excluded.ts >= telemetry_latest.ts")
+                    .bind(device).bind(metric).bind(ts).bind(value)
+                    .execute(&mut *tx).await?;
+            }
+            for (device, report) in health {
+                sqlx::query(
+                    "INSERT INTO device_health (device_id, received_at, report) VALUES ($1, $2, $3)
+                     ON CONFLICT (device_id) DO UPDATE SET received_at = excluded.received_at, report = excluded.report")
+                    .bind(device).bind(now).bind(report)
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok((stored, duplicates))
+        });
+        Ok(result?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn single_and_batch_forms_validate() {
+        let (good, bad) = validate("d1", br#"{"epoch":"ab","seq":1,"ts":1800000000000,"metrics":{"temp_c":40.5},"versions":{"model":"1.0.0"}}"#, NOW).unwrap();
+        assert_eq!((good.len(), bad.len()), (1, 0));
+        let (good, bad) = validate(
+            "d1",
+            br#"{"epoch":"ab","versions":{},"batch":[{"seq":1,"ts":1800000000000,"metrics":{"a":1}},{"seq":2,"ts":1800000000001,"metrics":{"bad name":1}}]}"#,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!((good.len(), bad.len()), (1, 1));
+        assert_eq!(bad[0].reason, "bad_metric_name");
+    }
+
+    #[test]
+    fn bad_messages_name_the_problem() {
+        assert_eq!(
+            validate("d", b"not json", NOW).unwrap_err().reason,
+            "invalid_json"
+        );
+        assert_eq!(
+            validate("d", &vec![b' '; MAX_PAYLOAD_BYTES + 1], NOW)
+                .unwrap_err()
+                .reason,
+            "too_large"
+        );
+        let future = format!(
+            r#"{{"epoch":"ab","seq":1,"ts":{},"metrics":{{"a":1}}}}"#,
+            NOW + MAX_FUTURE_MS + 1
+        );
+        assert_eq!(
+            validate("d", future.as_bytes(), NOW).unwrap().1[0].reason,
+            "future_timestamp"
+        );
+        let many: String = (0..65)
+            .map(|i| format!(r#""m{i}":1"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let msg = format!(r#"{{"epoch":"ab","seq":1,"ts":{NOW},"metrics":{{{many}}}}}"#);
+        assert_eq!(
+            validate("d", msg.as_bytes(), NOW).unwrap().1[0].reason,
+            "too_many_metrics"
+        );
+        let long = format!(
+            r#"{{"epoch":"ab","seq":1,"ts":{NOW},"metrics":{{"{}":1}}}}"#,
+            "x".repeat(65)
+        );
+        assert_eq!(
+            validate("d", long.as_bytes(), NOW).unwrap().1[0].reason,
+            "bad_metric_name"
+        );
+        let huge = format!(r#"{{"epoch":"ab","seq":1,"ts":{NOW},"metrics":{{"a":1e400}}}}"#);
+        assert!(
+            validate("d", huge.as_bytes(), NOW).is_err(),
+            "out-of-range numbers are refused"
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Reading telemetry back: raw points of one series, rolled-up buckets of a
+//! chosen step, latest values and the newest health report.
+
+use serde::Serialize;
+
+use super::Catalog;
+use super::ingest::BUCKET_MS;
+use crate::error::Result;
+use crate::on_store;
+use crate::store::Store;
+
+/// Most raw points one answer carries.
+pub const MAX_RAW_POINTS: i64 = 10_000;
+
+/// A raw point.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct RawPoint {
+    /// Milliseconds since the epoch.
+    pub ts: i64,
+    /// The value.
+    pub value: f64,
+}
+
+/// A rolled-up bucket.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Bucket {
+    /// Start of the bucket (ms since the epoch).
+    pub ts: i64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Mean.
+    pub avg: f64,
+    /// Readings in it.
+    pub count: i64,
+}
+
+/// Raw points of a device's metric in `[from, to)`, oldest first, at most 10,000.
+pub async fn raw(
+    store: &Store,
+    catalog: &Catalog,
+    device_id: &str,
+    metric: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<RawPoint>> {
+    let Some(metric_id) = catalog.find_metric(store, metric).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(on_store!(store, pool => sqlx::query_as::<_, RawPoint>(
+        "SELECT ts, value FROM telemetry_points WHERE device_id = $1 AND metric_id = $2 AND ts >= $3 AND ts < $4
+         ORDER BY ts LIMIT $5")
+        .bind(device_id).bind(metric_id).bind(from).bind(to).bind(MAX_RAW_POINTS).fetch_all(pool).await)?)
+}
+
+/// Buckets of `step_ms` (a whole number of minutes) from the one-minute rollups.
+pub async fn rolled(
+    store: &Store,
+    catalog: &Catalog,
+    device_id: &str,
+    metric: &str,
+    from: i64,
+    to: i64,
+    step_ms: i64,
+) -> Result<Vec<Bucket>> {
+    let Some(metric_id) = catalog.find_metric(store, metric).await? else {
+        return Ok(Vec::new());
+    };
+    let step = step_ms.max(BUCKET_MS);
+    let rows: Vec<(i64, f64, f64, f64, i64)> = on_store!(store, pool => sqlx::query_as(
+        "SELECT bucket - (bucket % $5) AS b, MIN(min), MAX(max), SUM(sum), CAST(SUM(count) AS BIGINT)
+         FROM telemetry_rollups WHERE device_id = $1 AND metric_id = $2 AND bucket >= $3 AND bucket < $4
+         GROUP BY b ORDER BY b")
+        .bind(device_id).bind(metric_id).bind(from - from.rem_euclid(BUCKET_MS)).bind(to).bind(step)
+        .fetch_all(pool).await)?;
+    Ok(rows
+        .into_iter()
+        .map(|(ts, min, max, sum, count)| Bucket {
+            ts,
+            min,
+            max,
+            avg: if count > 0 { sum / count as f64 } else { 0.0 },
+            count,
+        })
+        .collect())
+}
+
+/// The latest value of each of a device's metrics: (name, ts, value).
+pub async fn latest(store: &Store, device_id: &str) -> Result<Vec<(String, i64, f64)>> {
+    Ok(on_store!(store, pool => sqlx::query_as(
+        "SELECT m.name, l.ts, l.value FROM telemetry_latest l JOIN metric_names m ON m.id = l.metric_id
+         WHERE l.device_id = $1 ORDER BY m.name")
+        .bind(device_id).fetch_all(pool).await)?)
+}
+
+/// The newest health report (raw JSON) and when it arrived.
+pub async fn health(store: &Store, device_id: &str) -> Result<Option<(i64, String)>> {
+    Ok(on_store!(store, pool => sqlx::query_as(
+        "SELECT received_at, report FROM device_health WHERE device_id = $1")
+        .bind(device_id).fetch_optional(pool).await)?)
+}

@@ -1,0 +1,308 @@
+//! Telemetry from devices to the store and back out through the API:
+//! batching, de-duplication, refusals that do not stop good readings,
+//! rollups, health, and the real agent's intake.
+
+use std::time::Duration;
+
+use drover_tests::{TestApp, agent, mqtt_connect, spawn_app, wait_until};
+use rumqttc::QoS;
+use serde_json::{Value, json};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+async fn points(app: &TestApp, admin: &str, device: &str, query: &str) -> Value {
+    let res = app
+        .get(
+            admin,
+            &format!("/api/v1/devices/{device}/telemetry?{query}"),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    res.json().await.expect("json")
+}
+
+async fn count(app: &TestApp, admin: &str, device: &str, metric: &str) -> usize {
+    points(app, admin, device, &format!("metric={metric}&from=0")).await["points"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_are_stored_once_and_bad_ones_are_refused_without_stopping_the_rest() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let d = app.enrolled_device(&admin).await;
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let t0 = now_ms() - 10 * 60_000;
+    let batch: Vec<Value> = (1..=100)
+        .map(|i| json!({"seq": i, "ts": t0 + i * 1000, "metrics": {"temp_c": 40.0 + i as f64 / 10.0, "cpu_pct": 5.0}}))
+        .collect();
+    let message =
+        json!({"epoch": "a1b2", "versions": {"model": "1.2.0"}, "batch": batch}).to_string();
+    // The same batch twice (a QoS 1 redelivery or a spool replay), garbage in between.
+    client
+        .publish(
+            d.topic("telemetry"),
+            QoS::AtLeastOnce,
+            false,
+            message.clone(),
+        )
+        .await
+        .expect("publish");
+    client
+        .publish(d.topic("telemetry"), QoS::AtLeastOnce, false, "{not json")
+        .await
+        .expect("publish");
+    let bad = json!({"epoch": "a1b2", "seq": 500, "ts": now_ms() + 3 * 86_400_000, "metrics": {"temp_c": 1.0}}).to_string();
+    client
+        .publish(d.topic("telemetry"), QoS::AtLeastOnce, false, bad)
+        .await
+        .expect("publish");
+    let too_many: serde_json::Map<String, Value> =
+        (0..70).map(|i| (format!("m{i}"), json!(1.0))).collect();
+    let bad = json!({"epoch": "a1b2", "seq": 501, "ts": now_ms(), "metrics": too_many}).to_string();
+    client
+        .publish(d.topic("telemetry"), QoS::AtLeastOnce, false, bad)
+        .await
+        .expect("publish");
+    client
+        .publish(d.topic("telemetry"), QoS::AtLeastOnce, false, message)
+        .await
+        .expect("publish");
+    let more =
+        json!({"epoch": "a1b2", "seq": 101, "ts": t0 + 101_000, "metrics": {"temp_c": 50.0}})
+            .to_string();
+    client
+        .publish(d.topic("telemetry"), QoS::AtLeastOnce, false, more)
+        .await
+        .expect("publish");
+
+    let all = wait_until(Duration::from_secs(20), || async {
+        count(&app, &admin, &d.id, "temp_c").await == 101
+    })
+    .await;
+    assert!(
+        all,
+        "101 readings, each stored once: {}",
+        count(&app, &admin, &d.id, "temp_c").await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&app, &admin, &d.id, "temp_c").await,
+        101,
+        "the replay stored nothing twice"
+    );
+    let series = points(&app, &admin, &d.id, "metric=temp_c&from=0").await;
+    assert_eq!(series["points"][0]["ts"], t0 + 1000, "oldest first");
+    assert_eq!(series["points"][100]["value"], 50.0);
+
+    let rolled = points(
+        &app,
+        &admin,
+        &d.id,
+        &format!("metric=temp_c&from={}&step=5m", t0 - 600_000),
+    )
+    .await;
+    let buckets = rolled["points"].as_array().expect("buckets");
+    let total: i64 = buckets
+        .iter()
+        .map(|b| b["count"].as_i64().expect("count"))
+        .sum();
+    assert_eq!(total, 101, "rollups count every reading once");
+    assert_eq!(rolled["step"], 300);
+    let max = buckets
+        .iter()
+        .map(|b| b["max"].as_f64().expect("max"))
+        .fold(f64::MIN, f64::max);
+    assert_eq!(max, 50.0);
+
+    let events: Value = app
+        .get(&admin, &format!("/api/v1/devices/{}/events", d.id))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let details: Vec<String> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        details
+            .iter()
+            .any(|t| t.contains("not a telemetry message")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|t| t.contains("a day ahead")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|t| t.contains("70 metrics")),
+        "{details:?}"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("drover_telemetry_readings_stored_total 101"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drover_telemetry_duplicates_total 100"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drover_telemetry_rejected_total{reason=\"invalid_json\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_telemetry_api_names_bad_parameters() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let d = app.enrolled_device(&admin).await;
+    for (query, field) in [
+        ("", "metric"),
+        ("metric=x&from=yesterday", "from"),
+        ("metric=x&from=2000&to=1000", "from"),
+        ("metric=x&step=90s", "step"),
+        ("metric=x&step=soon", "step"),
+    ] {
+        let body = drover_tests::problem(
+            app.get(
+                &admin,
+                &format!("/api/v1/devices/{}/telemetry?{query}", d.id),
+            )
+            .await,
+            400,
+        )
+        .await;
+        assert_eq!(body["field"], field, "{query}");
+    }
+    drover_tests::problem(
+        app.get(&admin, "/api/v1/devices/nope/telemetry?metric=x")
+            .await,
+        404,
+    )
+    .await;
+    drover_tests::problem(
+        app.get(&admin, &format!("/api/v1/devices/{}/health", d.id))
+            .await,
+        404,
+    )
+    .await;
+    let empty = points(&app, &admin, &d.id, "metric=never_sent").await;
+    assert_eq!(empty["points"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_carries_readings_from_its_intake_to_the_store_and_reports_health() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let token = app.enrollment_token(&admin, json!({"uses": 1})).await;
+    let state = app.scratch().join("agent");
+    let out = agent(&state)
+        .args([
+            "enroll",
+            "--server",
+            &app.device_base,
+            "--token",
+            token["token"].as_str().expect("t"),
+            "--ca-hash",
+            &app.ca_hash,
+        ])
+        .output()
+        .await
+        .expect("enroll");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = std::fs::read_to_string(state.join("agent.toml")).expect("agent.toml");
+    std::fs::write(
+        state.join("agent.toml"),
+        toml.replace("heartbeat_s = 30", "heartbeat_s = 1"),
+    )
+    .expect("write");
+    let status: Value = serde_json::from_slice(
+        &agent(&state)
+            .args(["status", "--json"])
+            .output()
+            .await
+            .expect("status")
+            .stdout,
+    )
+    .expect("json");
+    let id = status["device_id"].as_str().expect("id").to_string();
+    let mut daemon = agent(&state).arg("run").spawn().expect("run");
+    let sock = state.join("intake.sock");
+    assert!(
+        wait_until(Duration::from_secs(10), || async { sock.exists() }).await,
+        "the intake socket appears"
+    );
+    for i in 0..5 {
+        let out = agent(&state)
+            .args(["send", &format!("temp_c={}", 40 + i), "inference_ms=12.5"])
+            .output()
+            .await
+            .expect("send");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stored = wait_until(Duration::from_secs(20), || async {
+        count(&app, &admin, &id, "temp_c").await == 5
+    })
+    .await;
+    assert!(
+        stored,
+        "five readings arrived: {}",
+        count(&app, &admin, &id, "inference_ms").await
+    );
+    let healthy = wait_until(Duration::from_secs(10), || async {
+        app.get(&admin, &format!("/api/v1/devices/{id}/health"))
+            .await
+            .status()
+            == 200
+    })
+    .await;
+    assert!(healthy, "a health report arrived");
+    let h: Value = app
+        .get(&admin, &format!("/api/v1/devices/{id}/health"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        h["report"]["mem_total"].as_u64().is_some_and(|m| m > 0),
+        "{h}"
+    );
+    let device: Value = app
+        .get(&admin, &format!("/api/v1/devices/{id}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(device["online"], true);
+    let _ = daemon.kill().await;
+}
