@@ -437,3 +437,168 @@ async fn a_certificate_from_another_ca_is_refused() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_is_rate_limited_per_address() {
+    let app = drover_tests::spawn_app_with(|s| s.enroll_rate_per_minute = 3).await;
+    let admin = app.admin_token().await;
+    let created = app.enrollment_token(&admin, json!({"uses": 10})).await;
+    let token = created["token"].as_str().expect("token");
+    for _ in 0..3 {
+        assert_eq!(
+            app.enroll(token, &DeviceKey::new(), "rpi4").await.status(),
+            201
+        );
+    }
+    let res = app.enroll(token, &DeviceKey::new(), "rpi4").await;
+    assert!(res.headers().get("retry-after").is_some());
+    problem(res, 429).await;
+    assert_eq!(device_count(&app, &admin).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_devices_in_the_dashboard() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let created = app
+        .enrollment_token(
+            &admin,
+            json!({"uses": 1, "approval": true, "tags": {"site": "<b>lab</b>"}}),
+        )
+        .await;
+    let key = DeviceKey::new();
+    let answer: Value = app
+        .device_client(None)
+        .post(format!("{}/device/v1/enroll", app.device_base))
+        .json(&json!({"token": created["token"], "csr_pem": key.csr(), "device_type": "rpi4", "hostname": "<script>alert(1)</script>"}))
+        .send()
+        .await
+        .expect("enroll")
+        .json()
+        .await
+        .expect("json");
+    let id = answer["device_id"].as_str().expect("id").to_string();
+
+    let password = "operator-password-1";
+    app.post_json(
+        &admin,
+        "/api/v1/users",
+        &json!({"username": "opal", "password": password, "role": "operator"}),
+    )
+    .await;
+    let browser = drover_tests::browser();
+    let login = browser
+        .get(app.url("/login"))
+        .send()
+        .await
+        .expect("login")
+        .text()
+        .await
+        .expect("html");
+    let csrf = drover_tests::hidden_value(&login, "csrf_token").expect("csrf");
+    browser
+        .post(app.url("/login"))
+        .form(&[
+            ("username", "opal"),
+            ("password", password),
+            ("csrf_token", &csrf),
+        ])
+        .send()
+        .await
+        .expect("login");
+
+    let list = browser
+        .get(app.url("/devices?status=pending"))
+        .send()
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        list.contains(&format!("/devices/{id}")),
+        "the pending device is listed"
+    );
+    assert!(
+        !list.contains("<script>alert(1)</script>"),
+        "names are escaped: {}",
+        &list[list.find("alert").unwrap_or(0).saturating_sub(40)..]
+    );
+    assert!(!list.contains("<b>lab</b>"), "tags are escaped");
+    let detail = browser
+        .get(app.url(&format!("/devices/{id}")))
+        .send()
+        .await
+        .expect("detail")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        detail.contains("Certificate serial") && detail.contains("Fingerprint"),
+        "identity is shown"
+    );
+    let csrf = drover_tests::hidden_value(&detail, "csrf_token").expect("csrf");
+    let res = browser
+        .post(app.url(&format!("/devices/{id}/accept")))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .expect("accept");
+    assert_eq!(res.status(), 303);
+    let device: Value = app
+        .get(&admin, &format!("/api/v1/devices/{id}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(device["status"], "accepted");
+    let res = browser
+        .post(app.url(&format!("/devices/{id}")))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("name", "line-3-camera"),
+            ("tags", "site=berlin\nline=3"),
+        ])
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(res.status(), 303);
+    let res = browser
+        .post(app.url(&format!("/devices/{id}")))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("name", "x"),
+            ("tags", "not a pair"),
+        ])
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(res.status(), 409);
+    assert!(
+        res.text().await.expect("html").contains("KEY=VALUE"),
+        "the failed action shows the server's message"
+    );
+    let res = browser
+        .post(app.url(&format!("/devices/{id}/revoke")))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(res.status(), 303);
+    let device: Value = app
+        .get(&admin, &format!("/api/v1/devices/{id}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(device["status"], "revoked");
+    assert_eq!(device["name"], "line-3-camera");
+    assert_eq!(device["tags"]["line"], "3");
+    let audit = app.audit(&admin, "actor=user:opal").await;
+    for action in ["device.accept", "device.update", "device.revoke"] {
+        assert!(
+            audit.iter().any(|e| e["action"] == action),
+            "{action} audited"
+        );
+    }
+}
