@@ -443,7 +443,7 @@ fn start_mqtt(
 /// A stable id for this server's broker session (kept in the data directory).
 fn replica_id(data_dir: &std::path::Path) -> Result<String, StartError> {
     let bytes = crate::secrets::load_or_create(&data_dir.join("replica.id"), || {
-        hex::encode(rand::random::<[u8; 4]>()).into_bytes()
+        hex::encode(rand::random::<[u8; 16]>()).into_bytes()
     })
     .map_err(|source| StartError::DataDir {
         path: data_dir.to_path_buf(),

@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod dashboard;
 mod identity;
+mod mosquitto;
 mod mqtt;
 mod ops;
 mod telemetry;

@@ -2,6 +2,8 @@
 //! fresh data directory and a fresh database (SQLite by default, PostgreSQL
 //! when `DROVER_TEST_DATABASE_URL` is set), and clients to talk to it.
 
+pub mod mosquitto;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -115,6 +117,8 @@ pub struct TestApp {
     pub mqtt_port: Option<u16>,
     /// The server's own MQTT connection.
     pub mqtt: drover_server::mqtt::client::MqttLink,
+    /// The external broker, when the app uses one.
+    pub broker: Option<mosquitto::Mosquitto>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     db: TestDb,
     dir: tempfile::TempDir,
@@ -123,6 +127,34 @@ pub struct TestApp {
 /// Starts a fresh server.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
+}
+
+/// Starts a fresh server whose MQTT broker is a private Mosquitto with TLS,
+/// configured from deploy/mosquitto (per-device ACLs, the server's CRL).
+pub async fn spawn_app_on_mosquitto() -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new(dir.path()).await;
+    let mut settings = Settings::for_tests(&dir.path().join("data"), &db.url);
+    // The broker needs the fleet's TLS material before the server connects to it.
+    let ca =
+        drover_server::identity::ca::FleetCa::load_or_create(&settings.data_dir, None).expect("ca");
+    ca.server_certificate(&settings.public_hostnames)
+        .expect("server certificate");
+    let pki = settings.data_dir.join("pki");
+    drover_server::identity::crl::write_crl(&ca, &[], &pki.join("crl.pem")).expect("crl");
+    let broker = mosquitto::Mosquitto::start(&mosquitto::BrokerTls {
+        ca_pem_path: pki.join("ca.crt"),
+        cert_path: pki.join("server.crt"),
+        key_path: pki.join("server.key"),
+        crl_path: pki.join("crl.pem"),
+    });
+    settings.mqtt_url = Some(broker.url());
+    settings.mqtt_crl_reload_command = Some(format!("kill -HUP {}", broker.pid()));
+    let (app, password) = start(settings.clone()).await;
+    let mut app = finish(app, settings, password.expect("first admin"), db, dir);
+    app.mqtt_port = Some(broker.port);
+    app.broker = Some(broker);
+    app
 }
 
 /// Starts a fresh server with adjusted settings.
@@ -173,6 +205,7 @@ fn finish(
         ca_hash,
         mqtt_port,
         mqtt,
+        broker: None,
         task,
         db,
         dir,

@@ -11,11 +11,16 @@ use time::OffsetDateTime;
 use super::ca::FleetCa;
 use crate::error::{Error, Result};
 
+/// How far a CRL's validity starts before it is written. OpenSSL (so
+/// Mosquitto) refuses every client while the CRL's thisUpdate lies ahead of
+/// its own clock, and the broker may run on another host.
+const CLOCK_SLACK: time::Duration = time::Duration::minutes(5);
+
 /// Writes a CRL of `revoked` (serial hex, revoked at ms) to `path`, mode 0644.
 pub fn write_crl(ca: &FleetCa, revoked: &[(String, i64)], path: &Path) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let number = next_number(path, now);
-    let pem = ca.crl_pem(revoked, number, now)?;
+    let pem = ca.crl_pem(revoked, number, now - CLOCK_SLACK)?;
     replace_file(path, pem.as_bytes()).map_err(|e| {
         Error::Internal(format!(
             "writing the CRL to {}: {e}; check that its directory exists and is writable",
@@ -192,6 +197,11 @@ mod tests {
         let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("ca");
         crl.verify_signature(ca_cert.public_key()).expect("signed");
         assert_eq!(crl.iter_revoked_certificates().count(), 0);
+        let age = OffsetDateTime::now_utc().unix_timestamp() - crl.last_update().timestamp();
+        assert!(
+            (299..=310).contains(&age),
+            "valid from 5 minutes ago, for a broker whose clock runs behind: {age} s"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

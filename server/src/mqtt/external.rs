@@ -183,24 +183,40 @@ impl RevocationSync {
         Ok(())
     }
 
-    /// Writes the CRL at start, then after every revocation closes the device's session.
+    /// Writes the CRL at start and twice a day (it is valid for a week, and an
+    /// expired CRL makes the broker refuse every client), and after every
+    /// revocation closes the device's open session.
     pub async fn run(self, mut revocations: broadcast::Receiver<String>) {
-        if let Err(e) = self.write_crl().await {
-            tracing::error!(error = %e, "cannot write the CRL for the broker");
-        }
+        let mut refresh = tokio::time::interval(Duration::from_secs(12 * 3600));
         loop {
-            let device_id = match revocations.recv().await {
-                Ok(id) => id,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
+            let device_id = tokio::select! {
+                _ = refresh.tick() => {
+                    if let Err(e) = self.write_crl().await {
+                        tracing::error!(error = %e, "cannot write the CRL for the broker");
+                    }
+                    continue;
+                }
+                r = revocations.recv() => match r {
+                    Ok(id) => id,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
             };
             if let Err(e) = self.write_crl().await {
                 tracing::error!(error = %e, "cannot write the CRL for the broker");
             }
-            match take_over(&self.endpoint, &device_id).await {
-                Ok(()) => tracing::info!(device_id, "closed the revoked device's broker session"),
-                Err(e) => {
-                    tracing::warn!(device_id, error = %e, "cannot take over the revoked device's session")
+            // The reload command returns before the broker has re-read the CRL;
+            // take the session over after it has, and once more for a device
+            // that reconnected in between.
+            for pause in [Duration::from_secs(1), Duration::from_secs(2)] {
+                tokio::time::sleep(pause).await;
+                match take_over(&self.endpoint, &device_id).await {
+                    Ok(()) => {
+                        tracing::info!(device_id, "closed the revoked device's broker session")
+                    }
+                    Err(e) => {
+                        tracing::warn!(device_id, error = %e, "cannot take over the revoked device's session")
+                    }
                 }
             }
         }

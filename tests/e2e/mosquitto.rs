@@ -1,0 +1,126 @@
+//! The server with Mosquitto as its external broker, configured from
+//! deploy/mosquitto: device telemetry reaches the store through the broker's
+//! ACLs, a device cannot publish for another, and revocation ends an open
+//! session (session takeover) and refuses reconnects (the server's CRL).
+
+use std::time::Duration;
+
+use drover_tests::{mqtt_connect, spawn_app_on_mosquitto, wait_until};
+use rumqttc::{Event, Packet, QoS};
+use serde_json::{Value, json};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+async fn ended_within(mut eventloop: rumqttc::EventLoop, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Disconnect))) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_reaches_the_store_through_mosquitto_and_forgery_does_not() {
+    let app = spawn_app_on_mosquitto().await;
+    let admin = app.admin_token().await;
+    let a = app.enrolled_device(&admin).await;
+    let b = app.enrolled_device(&admin).await;
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a))
+        .await
+        .expect("a connects to mosquitto");
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let reading =
+        json!({"epoch": "e1", "seq": 1, "ts": now_ms(), "metrics": {"temp_c": 41.0}}).to_string();
+    // The server's subscription may still be arriving: publish until it is stored.
+    let stored = wait_until(Duration::from_secs(20), || async {
+        client
+            .publish(
+                a.topic("telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                reading.clone(),
+            )
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let v: Value = app
+            .get(
+                &admin,
+                &format!("/api/v1/devices/{}/telemetry?metric=temp_c&from=0", a.id),
+            )
+            .await
+            .json()
+            .await
+            .expect("json");
+        v["points"].as_array().is_some_and(|p| p.len() == 1)
+    })
+    .await;
+    assert!(
+        stored,
+        "a's reading is stored once, however often it was sent"
+    );
+
+    // a publishing under b's prefix: Mosquitto denies it and drops a's connection.
+    let (forger, eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a))
+        .await
+        .expect("connects");
+    let forged =
+        json!({"epoch": "e1", "seq": 9, "ts": now_ms(), "metrics": {"temp_c": 99.0}}).to_string();
+    forger
+        .publish(b.topic("telemetry"), QoS::AtLeastOnce, false, forged)
+        .await
+        .expect("queue");
+    assert!(
+        ended_within(eventloop, Duration::from_secs(5)).await,
+        "the broker drops the forger"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v: Value = app
+        .get(
+            &admin,
+            &format!("/api/v1/devices/{}/telemetry?metric=temp_c&from=0", b.id),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["points"], json!([]), "nothing reached the server as b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_devices_mosquitto_session_ends_and_it_cannot_return() {
+    let app = spawn_app_on_mosquitto().await;
+    let admin = app.admin_token().await;
+    let d = app.enrolled_device(&admin).await;
+    let (_client, eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
+    let watcher = tokio::spawn(ended_within(eventloop, Duration::from_secs(30)));
+    let res = app
+        .post_json(
+            &admin,
+            &format!("/api/v1/devices/{}/revoke", d.id),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        watcher.await.expect("join"),
+        "the open session was taken over and closed"
+    );
+    let refused = wait_until(Duration::from_secs(10), || async {
+        mqtt_connect(app.mqtt_options(&d.id, &d)).await.is_err()
+    })
+    .await;
+    assert!(refused, "the reloaded CRL refuses the revoked certificate");
+    let crl = std::fs::read_to_string(app.data_dir().join("pki/crl.pem")).expect("crl");
+    assert!(crl.contains("BEGIN X509 CRL"));
+}
