@@ -92,6 +92,8 @@ pub struct Settings {
     pub enroll_rate_per_minute: u32,
     /// Passphrase protecting the fleet CA key on disk.
     pub ca_passphrase: Option<Secret>,
+    /// The MQTT URL devices are told, when it differs from `mqtt_url` (an external broker's device listener).
+    pub mqtt_device_url: Option<String>,
     /// Run after the CRL for an external broker is rewritten (e.g. `systemctl reload mosquitto`).
     pub mqtt_crl_reload_command: Option<String>,
 }
@@ -118,6 +120,7 @@ struct FileSettings {
     enroll_rate_per_minute: Option<u32>,
     ca_passphrase: Option<String>,
     mqtt_crl_reload_command: Option<String>,
+    mqtt_device_url: Option<String>,
 }
 
 /// Every key the server reads, for the README table and for rejecting unknown variables.
@@ -140,6 +143,7 @@ pub const KEYS: &[&str] = &[
     "enroll_rate_per_minute",
     "ca_passphrase",
     "mqtt_crl_reload_command",
+    "mqtt_device_url",
 ];
 
 impl Settings {
@@ -204,6 +208,7 @@ impl Settings {
             enroll_rate_per_minute: 1000,
             ca_passphrase: None,
             mqtt_crl_reload_command: None,
+            mqtt_device_url: None,
         }
     }
 
@@ -350,6 +355,16 @@ impl Settings {
         }
         let mqtt_crl_reload_command = text("mqtt_crl_reload_command", file.mqtt_crl_reload_command)
             .filter(|c| !c.trim().is_empty());
+        let mqtt_device_url =
+            text("mqtt_device_url", file.mqtt_device_url).filter(|u| !u.is_empty());
+        if let Some(url) = &mqtt_device_url
+            && !(url.starts_with("mqtts://") || url.starts_with("mqtt://"))
+        {
+            return Err(ConfigError::new(
+                "mqtt_device_url",
+                format!("{url:?} is not an MQTT URL; use mqtts://HOST:PORT"),
+            ));
+        }
         Ok(Settings {
             data_dir,
             database_url,
@@ -369,6 +384,7 @@ impl Settings {
             enroll_rate_per_minute,
             ca_passphrase,
             mqtt_crl_reload_command,
+            mqtt_device_url,
         })
     }
 }

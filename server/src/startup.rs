@@ -249,7 +249,10 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             source,
         })?;
     let mqtt_url = match (&settings.mqtt_url, mqtt_addr) {
-        (Some(url), _) => url.clone(),
+        (Some(url), _) => settings
+            .mqtt_device_url
+            .clone()
+            .unwrap_or_else(|| url.clone()),
         (None, Some(addr)) => format!("mqtts://{public_host}:{}", addr.port()),
         (None, None) => unreachable!("the gateway listener exists without an external broker"),
     };

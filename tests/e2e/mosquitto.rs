@@ -124,3 +124,45 @@ async fn a_revoked_devices_mosquitto_session_ends_and_it_cannot_return() {
     let crl = std::fs::read_to_string(app.data_dir().join("pki/crl.pem")).expect("crl");
     assert!(crl.contains("BEGIN X509 CRL"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_devices_client_id_cannot_take_its_session_and_a_foreign_ca_is_refused() {
+    let app = spawn_app_on_mosquitto().await;
+    let admin = app.admin_token().await;
+    let a = app.enrolled_device(&admin).await;
+    let b = app.enrolled_device(&admin).await;
+    let (_b_client, b_loop) = mqtt_connect(app.mqtt_options(&b.id, &b))
+        .await
+        .expect("b connects");
+    let b_watch = tokio::spawn(ended_within(b_loop, Duration::from_secs(4)));
+    // a presents its own certificate with b's client id: the broker forces the
+    // client id to a's certificate, so b's session is untouched.
+    let (_a_client, a_loop) = mqtt_connect(app.mqtt_options(&b.id, &a))
+        .await
+        .expect("a connects as itself");
+    let a_pump = tokio::spawn(async move {
+        let mut a_loop = a_loop;
+        while a_loop.poll().await.is_ok() {}
+    });
+    assert!(
+        !b_watch.await.expect("join"),
+        "b's session was not taken over"
+    );
+    a_pump.abort();
+    let log = app.broker.as_ref().expect("broker").log();
+    assert!(
+        !log.contains(&format!("Client {} already connected", b.id)),
+        "no takeover in the broker log"
+    );
+
+    let other = drover_tests::spawn_app().await;
+    let other_admin = other.admin_token().await;
+    let mut foreign = other.enrolled_device(&other_admin).await;
+    foreign.ca_pem = app.ca_pem.clone();
+    assert!(
+        mqtt_connect(app.mqtt_options(&foreign.id, &foreign))
+            .await
+            .is_err(),
+        "another CA's certificate"
+    );
+}

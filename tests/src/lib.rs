@@ -148,7 +148,8 @@ pub async fn spawn_app_on_mosquitto() -> TestApp {
         key_path: pki.join("server.key"),
         crl_path: pki.join("crl.pem"),
     });
-    settings.mqtt_url = Some(broker.url());
+    settings.mqtt_url = Some(broker.server_url());
+    settings.mqtt_device_url = Some(broker.url());
     settings.mqtt_crl_reload_command = Some(format!("kill -HUP {}", broker.pid()));
     let (app, password) = start(settings.clone()).await;
     let mut app = finish(app, settings, password.expect("first admin"), db, dir);

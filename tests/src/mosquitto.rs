@@ -36,8 +36,10 @@ pub struct BrokerTls {
 
 /// A running Mosquitto.
 pub struct Mosquitto {
-    /// The TLS listener's port on 127.0.0.1.
+    /// The devices' TLS listener's port on 127.0.0.1.
     pub port: u16,
+    /// The server's TLS listener's port on 127.0.0.1.
+    pub server_port: u16,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -67,13 +69,13 @@ fn free_port() -> u16 {
 /// The shipped configuration with this test's paths and port. Panics when a
 /// line the harness must replace is missing, so the template and the harness
 /// cannot drift apart unnoticed.
-pub fn render_conf(template: &str, dir: &Path, tls: &BrokerTls, port: u16) -> String {
+pub fn render_conf(template: &str, dir: &Path, tls: &BrokerTls, ports: [u16; 2]) -> String {
     let path = |p: &Path| p.display().to_string();
-    let replacements: [(&str, String); 9] = [
+    // Directives that stand once in the file.
+    let once: [(&str, String); 3] = [
         // The test's files live in a 0700 temporary directory: a broker that
         // drops to the `mosquitto` user could not read them.
         ("user", "root".to_string()),
-        ("acl_file", path(&dir.join("acl"))),
         (
             "persistence_location",
             format!("{}/", dir.join("data").display()),
@@ -82,33 +84,47 @@ pub fn render_conf(template: &str, dir: &Path, tls: &BrokerTls, port: u16) -> St
             "log_dest",
             format!("file {}", dir.join("mosquitto.log").display()),
         ),
+    ];
+    // Directives each listener repeats.
+    let each: [(&str, String); 5] = [
+        ("acl_file", path(&dir.join("acl"))),
         ("cafile", path(&tls.ca_pem_path)),
         ("certfile", path(&tls.cert_path)),
         ("keyfile", path(&tls.key_path)),
         ("crlfile", path(&tls.crl_path)),
-        ("listener", format!("{port} 127.0.0.1")),
     ];
-    let mut seen = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    let mut listeners = 0;
     let mut out = String::new();
     for line in template.lines() {
         let directive = line.split_whitespace().next().unwrap_or("");
-        match replacements.iter().find(|(d, _)| *d == directive) {
-            Some((d, value)) => {
-                // One log destination is enough; a second listener would be a template change to review.
-                assert!(
-                    !seen.contains(d),
-                    "deploy/mosquitto/mosquitto.conf has a second `{d}` line; teach tests/src/mosquitto.rs about it"
-                );
-                seen.push(*d);
-                out.push_str(&format!("{d} {value}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
+        if directive == "listener" {
+            assert!(
+                listeners < 2,
+                "deploy/mosquitto/mosquitto.conf has a third listener; teach tests/src/mosquitto.rs about it"
+            );
+            out.push_str(&format!("listener {} 127.0.0.1\n", ports[listeners]));
+            listeners += 1;
+        } else if let Some((d, value)) = once.iter().find(|(d, _)| *d == directive) {
+            assert!(
+                !seen.contains(d),
+                "deploy/mosquitto/mosquitto.conf has a second `{d}` line"
+            );
+            seen.push(d);
+            out.push_str(&format!("{d} {value}\n"));
+        } else if let Some((d, value)) = each.iter().find(|(d, _)| *d == directive) {
+            seen.push(d);
+            out.push_str(&format!("{d} {value}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
         }
     }
-    for (d, _) in &replacements {
+    assert_eq!(
+        listeners, 2,
+        "deploy/mosquitto/mosquitto.conf should have the device and the server listener"
+    );
+    for (d, _) in once.iter().chain(each.iter()) {
         assert!(
             seen.contains(d),
             "deploy/mosquitto/mosquitto.conf has no `{d}` line, which tests/src/mosquitto.rs replaces"
@@ -132,9 +148,10 @@ impl Mosquitto {
         let mut output = String::new();
         for _ in 0..3 {
             let port = free_port();
+            let server_port = free_port();
             std::fs::write(
                 &conf_path,
-                render_conf(CONF_TEMPLATE, dir.path(), tls, port),
+                render_conf(CONF_TEMPLATE, dir.path(), tls, [port, server_port]),
             )
             .expect("write mosquitto.conf");
             let out = std::fs::File::create(dir.path().join("mosquitto.out")).expect("out");
@@ -147,7 +164,14 @@ impl Mosquitto {
                 .spawn()
                 .expect("start mosquitto (set DROVER_TEST_MOSQUITTO to its path)");
             match wait_ready(&mut child, port) {
-                Ok(()) => return Mosquitto { port, child, dir },
+                Ok(()) => {
+                    return Mosquitto {
+                        port,
+                        server_port,
+                        child,
+                        dir,
+                    };
+                }
                 Err(why) => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -166,9 +190,14 @@ impl Mosquitto {
         self.child.id()
     }
 
-    /// `mqtts://127.0.0.1:PORT`.
+    /// `mqtts://127.0.0.1:PORT` of the devices' listener.
     pub fn url(&self) -> String {
         format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    /// `mqtts://127.0.0.1:PORT` of the server's listener.
+    pub fn server_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.server_port)
     }
 
     /// Sends SIGHUP, as `systemctl reload mosquitto` does, and waits until
@@ -317,12 +346,12 @@ mod tests {
     /// and hands every incoming packet to the receiver, which closes when the
     /// connection ends.
     async fn connect(
-        broker: &Mosquitto,
+        port: u16,
         ca_pem: &str,
         client_id: &str,
         identity: Option<&Identity>,
     ) -> Result<(AsyncClient, mpsc::UnboundedReceiver<Packet>), ConnectionError> {
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_transport(Transport::Tls(TlsConfiguration::Simple {
             ca: ca_pem.as_bytes().to_vec(),
@@ -410,10 +439,13 @@ mod tests {
             key_path: "/t/server.key".into(),
             crl_path: "/t/crl.pem".into(),
         };
-        let conf = render_conf(CONF_TEMPLATE, Path::new("/d"), &tls, 4242);
+        let conf = render_conf(CONF_TEMPLATE, Path::new("/d"), &tls, [4242, 4243]);
         let lines: Vec<&str> = conf.lines().filter(|l| !l.starts_with('#')).collect();
         for expected in [
             "listener 4242 127.0.0.1",
+            "listener 4243 127.0.0.1",
+            "per_listener_settings true",
+            "use_username_as_clientid true",
             "user root",
             "cafile /t/ca.crt",
             "certfile /t/server.crt",
@@ -451,16 +483,21 @@ mod tests {
         let a = device(&pki.ca, &a_id);
         let server = server_client(&pki.ca);
 
-        let (srv, mut srv_rx) = connect(&broker, &ca_pem, "drover-server-test", Some(&server))
-            .await
-            .expect("the server connects with its client certificate");
+        let (srv, mut srv_rx) = connect(
+            broker.server_port,
+            &ca_pem,
+            "drover-server-test",
+            Some(&server),
+        )
+        .await
+        .expect("the server connects with its client certificate");
         srv.subscribe("drover/v1/devices/+/telemetry", QoS::AtLeastOnce)
             .await
             .expect("subscribe");
         next(&mut srv_rx, WAIT, suback).await.expect("suback");
 
         // A device publishes on its own prefix and the server receives it.
-        let (dev_a, mut a_rx) = connect(&broker, &ca_pem, &a_id, Some(&a))
+        let (dev_a, mut a_rx) = connect(broker.port, &ca_pem, &a_id, Some(&a))
             .await
             .expect("device A connects");
         dev_a
@@ -500,7 +537,7 @@ mod tests {
         );
 
         // No certificate, no connection.
-        let refused = connect(&broker, &ca_pem, "anonymous", None).await;
+        let refused = connect(broker.port, &ca_pem, "anonymous", None).await;
         assert!(
             refused.is_err(),
             "a client without a certificate is refused"
@@ -511,18 +548,18 @@ mod tests {
             broker.log()
         );
 
-        let (dev_a, mut a_rx) = connect(&broker, &ca_pem, &a_id, Some(&a))
+        let (dev_a, mut a_rx) = connect(broker.port, &ca_pem, &a_id, Some(&a))
             .await
             .expect("device A connects again");
 
         // Revoke A: a new connection is refused once the broker reloads the CRL.
         write_crl(&pki.ca, &[(a.serial.clone(), 1)], &pki.tls.crl_path).expect("crl");
         broker.reload();
-        let again = connect(&broker, &ca_pem, &format!("{a_id}x"), Some(&a)).await;
+        let again = connect(broker.port, &ca_pem, &format!("{a_id}x"), Some(&a)).await;
         assert!(again.is_err(), "a revoked certificate is refused");
         // The CRL itself is sound: a device it does not list still gets in.
         let b = device(&pki.ca, &b_id);
-        let (dev_b, _b_rx) = connect(&broker, &ca_pem, &b_id, Some(&b))
+        let (dev_b, _b_rx) = connect(broker.port, &ca_pem, &b_id, Some(&b))
             .await
             .expect("device B connects after the reload");
         dev_b.disconnect().await.expect("disconnect");
@@ -535,7 +572,7 @@ mod tests {
             .expect("publish");
         let got = next(&mut srv_rx, WAIT, publish).await;
         assert_eq!(got, Some((telemetry(&a_id), b"still".to_vec())));
-        let (takeover, _takeover_rx) = connect(&broker, &ca_pem, &a_id, Some(&server))
+        let (takeover, _takeover_rx) = connect(broker.server_port, &ca_pem, &a_id, Some(&server))
             .await
             .expect("the server connects with the device's client id");
         assert!(closed(&mut a_rx).await, "the takeover closes A's session");
