@@ -92,6 +92,12 @@ pub struct Settings {
     pub enroll_rate_per_minute: u32,
     /// Passphrase protecting the fleet CA key on disk.
     pub ca_passphrase: Option<Secret>,
+    /// How long raw telemetry points are kept.
+    pub telemetry_raw_retention: std::time::Duration,
+    /// How long one-minute rollups are kept.
+    pub telemetry_rollup_retention: std::time::Duration,
+    /// A device not heard from for this long is marked offline.
+    pub offline_after: std::time::Duration,
     /// The MQTT URL devices are told, when it differs from `mqtt_url` (an external broker's device listener).
     pub mqtt_device_url: Option<String>,
     /// Run after the CRL for an external broker is rewritten (e.g. `systemctl reload mosquitto`).
@@ -121,6 +127,9 @@ struct FileSettings {
     ca_passphrase: Option<String>,
     mqtt_crl_reload_command: Option<String>,
     mqtt_device_url: Option<String>,
+    telemetry_raw_retention: Option<String>,
+    telemetry_rollup_retention: Option<String>,
+    offline_after: Option<String>,
 }
 
 /// Every key the server reads, for the README table and for rejecting unknown variables.
@@ -144,6 +153,9 @@ pub const KEYS: &[&str] = &[
     "ca_passphrase",
     "mqtt_crl_reload_command",
     "mqtt_device_url",
+    "telemetry_raw_retention",
+    "telemetry_rollup_retention",
+    "offline_after",
 ];
 
 impl Settings {
@@ -209,6 +221,9 @@ impl Settings {
             ca_passphrase: None,
             mqtt_crl_reload_command: None,
             mqtt_device_url: None,
+            telemetry_raw_retention: std::time::Duration::from_secs(7 * 86_400),
+            telemetry_rollup_retention: std::time::Duration::from_secs(365 * 86_400),
+            offline_after: std::time::Duration::from_secs(90),
         }
     }
 
@@ -365,6 +380,27 @@ impl Settings {
                 format!("{url:?} is not an MQTT URL; use mqtts://HOST:PORT"),
             ));
         }
+        let telemetry_raw_retention = duration(
+            "telemetry_raw_retention",
+            text("telemetry_raw_retention", file.telemetry_raw_retention),
+            7 * 86_400,
+            3600..=3650 * 86_400,
+        )?;
+        let telemetry_rollup_retention = duration(
+            "telemetry_rollup_retention",
+            text(
+                "telemetry_rollup_retention",
+                file.telemetry_rollup_retention,
+            ),
+            365 * 86_400,
+            86_400..=36500 * 86_400,
+        )?;
+        let offline_after = duration(
+            "offline_after",
+            text("offline_after", file.offline_after),
+            90,
+            5..=86_400,
+        )?;
         Ok(Settings {
             data_dir,
             database_url,
@@ -385,6 +421,9 @@ impl Settings {
             ca_passphrase,
             mqtt_crl_reload_command,
             mqtt_device_url,
+            telemetry_raw_retention,
+            telemetry_rollup_retention,
+            offline_after,
         })
     }
 }

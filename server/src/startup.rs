@@ -365,6 +365,14 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         tokio::spawn(reload_revocations(store.clone(), revoked)),
         mqtt_task,
         ingest_task,
+        tokio::spawn(crate::telemetry::retention::run(
+            store.clone(),
+            crate::telemetry::retention::Retention {
+                raw: settings.telemetry_raw_retention,
+                rollups: settings.telemetry_rollup_retention,
+            },
+            settings.offline_after,
+        )),
     ];
     background.extend(gateway_task);
     Ok(Application {
@@ -401,8 +409,12 @@ fn start_mqtt(
         let url = settings.mqtt_url.clone().unwrap_or_default();
         let endpoint = BrokerEndpoint::parse(&url, &identity.ca, &settings.data_dir)?;
         let client_id = format!("{SERVER_CLIENT_NAME}-{}", replica_id(&settings.data_dir)?);
-        let (link, task) =
-            MqttLink::start(endpoint.options(&client_id), store.clone(), Some(ingest));
+        let (link, task) = MqttLink::start(
+            endpoint.options(&client_id),
+            store.clone(),
+            Some(ingest),
+            &crate::mqtt::client::SHARED_SUBSCRIPTIONS,
+        );
         let sync = RevocationSync {
             store: store.clone(),
             ca: identity.ca.clone(),
@@ -426,7 +438,12 @@ fn start_mqtt(
         broker.addr.port(),
     );
     options.set_credentials("drover-server", broker.secret.clone());
-    let (link, task) = MqttLink::start(options, store.clone(), Some(ingest));
+    let (link, task) = MqttLink::start(
+        options,
+        store.clone(),
+        Some(ingest),
+        &crate::mqtt::client::PLAIN_SUBSCRIPTIONS,
+    );
     let tls = http::device::tls_config(identity, &settings.public_hostnames, true)?;
     let metrics = Arc::new(GatewayMetrics::default());
     let gateway = Arc::new(Gateway {

@@ -306,3 +306,167 @@ async fn an_agent_carries_readings_from_its_intake_to_the_store_and_reports_heal
     assert_eq!(device["online"], true);
     let _ = daemon.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_raw_points_and_keeps_rollups() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let d = app.enrolled_device(&admin).await;
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let day = 86_400_000;
+    let old = now_ms() - 10 * day;
+    let recent = now_ms() - day;
+    let message = json!({"epoch": "ff", "versions": {}, "batch": [
+        {"seq": 1, "ts": old, "metrics": {"temp_c": 30.0}},
+        {"seq": 2, "ts": old + 1000, "metrics": {"temp_c": 31.0}},
+        {"seq": 3, "ts": recent, "metrics": {"temp_c": 40.0}},
+    ]})
+    .to_string();
+    client
+        .publish(d.topic("telemetry"), QoS::AtLeastOnce, false, message)
+        .await
+        .expect("publish");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            count(&app, &admin, &d.id, "temp_c").await == 3
+        })
+        .await
+    );
+
+    let store = drover_server::store::Store::connect(&app.settings.database_url)
+        .await
+        .expect("store");
+    let removed = drover_server::telemetry::retention::run_once(
+        &store,
+        drover_server::telemetry::retention::Retention {
+            raw: Duration::from_secs(7 * 86_400),
+            rollups: Duration::from_secs(365 * 86_400),
+        },
+        now_ms(),
+    )
+    .await
+    .expect("retention");
+    store.close().await;
+    assert_eq!((removed.points, removed.seen, removed.rollups), (2, 2, 0));
+    let raw = points(&app, &admin, &d.id, "metric=temp_c&from=0").await;
+    assert_eq!(
+        raw["points"].as_array().expect("points").len(),
+        1,
+        "only the recent raw point is left"
+    );
+    let rolled = points(
+        &app,
+        &admin,
+        &d.id,
+        &format!("metric=temp_c&from={}&step=1h", old - day),
+    )
+    .await;
+    let total: i64 = rolled["points"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| b["count"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, 3, "rollups outlive raw points");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_are_events_and_silent_devices_go_offline() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let d = app.enrolled_device(&admin).await;
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+        .publish(
+            d.topic("state"),
+            QoS::AtLeastOnce,
+            true,
+            r#"{"online":true,"ts":1000}"#,
+        )
+        .await
+        .expect("publish");
+    // A last will from an older connection, delivered late, is stale.
+    client
+        .publish(
+            d.topic("state"),
+            QoS::AtLeastOnce,
+            true,
+            r#"{"online":false,"ts":500}"#,
+        )
+        .await
+        .expect("publish");
+    let online = wait_until(Duration::from_secs(10), || async {
+        let v: Value = app
+            .get(&admin, &format!("/api/v1/devices/{}", d.id))
+            .await
+            .json()
+            .await
+            .expect("json");
+        v["online"] == true
+    })
+    .await;
+    assert!(online);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v: Value = app
+        .get(&admin, &format!("/api/v1/devices/{}", d.id))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["online"], true, "the stale will changed nothing");
+    // Ninety seconds of silence later (the clock passed in), the device is offline.
+    let store = drover_server::store::Store::connect(&app.settings.database_url)
+        .await
+        .expect("store");
+    let gone = drover_server::telemetry::retention::mark_silent_offline(
+        &store,
+        Duration::from_secs(90),
+        now_ms() + 91_000,
+    )
+    .await
+    .expect("presence");
+    store.close().await;
+    assert_eq!(gone, vec![d.id.clone()]);
+    let v: Value = app
+        .get(&admin, &format!("/api/v1/devices/{}", d.id))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["online"], false);
+    // Its next message brings it back.
+    client
+        .publish(d.topic("health"), QoS::AtLeastOnce, false, json!({"ts": now_ms(), "uptime_s": 5, "cpu_pct": 1.0, "mem_used": 1, "mem_total": 2, "disk_free": 3, "installed": [], "spool_depth": 0, "spool_dropped": 0, "update_state": null}).to_string())
+        .await
+        .expect("publish");
+    let back = wait_until(Duration::from_secs(10), || async {
+        let v: Value = app
+            .get(&admin, &format!("/api/v1/devices/{}", d.id))
+            .await
+            .json()
+            .await
+            .expect("json");
+        v["online"] == true
+    })
+    .await;
+    assert!(back, "heard from again");
+    let events: Value = app
+        .get(&admin, &format!("/api/v1/devices/{}/events", d.id))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["online", "offline", "online"], "newest first");
+}

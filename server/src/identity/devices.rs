@@ -316,11 +316,17 @@ pub async fn record_certificate(store: &Store, cert: &DeviceCertificate) -> Resu
     Ok(())
 }
 
-/// Marks a device seen now.
-pub async fn touch(store: &Store, id: &str) -> Result<()> {
-    on_store!(store, pool => sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE id = $2")
-        .bind(now_ms()).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
-    Ok(())
+/// Marks a device seen now (and online: it is talking); answers true when it was offline.
+pub async fn touch(store: &Store, id: &str) -> Result<bool> {
+    let now = now_ms();
+    let came_online = on_store!(store, pool => sqlx::query(
+        "UPDATE devices SET online = TRUE, last_seen_at = $1 WHERE id = $2 AND NOT online")
+        .bind(now).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+    if came_online == 0 {
+        on_store!(store, pool => sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE id = $2")
+            .bind(now).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+    }
+    Ok(came_online == 1)
 }
 
 /// The newest certificate of each listed device.
@@ -359,11 +365,23 @@ pub async fn count_by_status(store: &Store) -> Result<std::collections::BTreeMap
     Ok(rows.into_iter().collect())
 }
 
-/// Records a device's presence from its `state` topic (and its last contact).
-pub async fn set_online(store: &Store, id: &str, online: bool) -> Result<()> {
-    on_store!(store, pool => sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3")
-        .bind(online).bind(now_ms()).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
-    Ok(())
+/// Records a device's presence from its `state` topic (and its last contact);
+/// a message stamped before the last applied one is stale (a last will
+/// delivered after the reconnect) and changes nothing. Answers true when the
+/// presence changed.
+pub async fn set_online(store: &Store, id: &str, online: bool, ts: i64) -> Result<bool> {
+    let now = now_ms();
+    let changed = on_store!(store, pool => sqlx::query(
+        "UPDATE devices SET online = $1, presence_ts = $4, last_seen_at = $2
+         WHERE id = $3 AND online <> $1 AND presence_ts <= $4")
+        .bind(online).bind(now).bind(id).bind(ts).execute(pool).await.map(|r| r.rows_affected()))?;
+    if changed == 0 {
+        on_store!(store, pool => sqlx::query(
+            "UPDATE devices SET last_seen_at = $1, presence_ts = CASE WHEN presence_ts < $3 THEN $3 ELSE presence_ts END
+             WHERE id = $2")
+            .bind(now).bind(id).bind(ts).execute(pool).await.map(|r| r.rows_affected()))?;
+    }
+    Ok(changed == 1)
 }
 
 /// Every revoked certificate: serial and revocation time (for the CRL).

@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use crate::error::{Error, Result};
 use crate::identity::devices;
 use crate::store::{Store, now_ms};
+use crate::telemetry::events;
 
 /// A message a device published.
 #[derive(Debug, Clone)]
@@ -52,19 +53,30 @@ impl Inbound {
     }
 }
 
-/// The subscriptions of the server, shared between replicas. One group per
-/// filter: rumqttd 0.20 keys a shared group by its name alone with a single
-/// cursor, so two filters in one group skip each other's messages.
-pub const SUBSCRIPTIONS: [&str; 3] = [
-    "$share/drover-telemetry/drover/v1/devices/+/telemetry",
-    "$share/drover-health/drover/v1/devices/+/health",
-    "$share/drover-state/drover/v1/devices/+/state",
+/// The server's subscriptions on an external broker: shared, so replicas
+/// split the load.
+pub const SHARED_SUBSCRIPTIONS: [&str; 3] = [
+    "$share/drover/drover/v1/devices/+/telemetry",
+    "$share/drover/drover/v1/devices/+/health",
+    "$share/drover/drover/v1/devices/+/state",
+];
+
+/// The server's subscriptions on the embedded broker, which serves exactly
+/// one server. Not shared: rumqttd 0.20 keys a shared group by name with one
+/// cursor (two filters in a group skip each other's messages), and its router
+/// panics when a persistent shared subscriber disconnects with messages in
+/// flight, which would take the whole broker down.
+pub const PLAIN_SUBSCRIPTIONS: [&str; 3] = [
+    "drover/v1/devices/+/telemetry",
+    "drover/v1/devices/+/health",
+    "drover/v1/devices/+/state",
 ];
 
 /// The server's connection to the broker.
 #[derive(Clone)]
 pub struct MqttLink {
     client: AsyncClient,
+    subscriptions: &'static [&'static str],
     events: broadcast::Sender<Inbound>,
     ingest: Option<tokio::sync::mpsc::Sender<Inbound>>,
 }
@@ -82,6 +94,7 @@ impl MqttLink {
         mut options: MqttOptions,
         store: Store,
         ingest: Option<tokio::sync::mpsc::Sender<Inbound>>,
+        subscriptions: &'static [&'static str],
     ) -> (MqttLink, tokio::task::JoinHandle<()>) {
         options
             .set_clean_session(false)
@@ -96,6 +109,7 @@ impl MqttLink {
         let (events, _) = broadcast::channel(4096);
         let link = MqttLink {
             client,
+            subscriptions,
             events,
             ingest,
         };
@@ -130,7 +144,7 @@ impl MqttLink {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
                     tracing::info!("connected to the MQTT broker");
-                    for filter in SUBSCRIPTIONS {
+                    for &filter in self.subscriptions {
                         if let Err(e) = self.client.subscribe(filter, QoS::AtLeastOnce).await {
                             tracing::error!(filter, error = %e, "cannot subscribe");
                         }
@@ -168,17 +182,36 @@ impl MqttLink {
         let device_id = device.as_str().to_string();
         if kind == TopicKind::State {
             match serde_json::from_slice::<Presence>(&publish.payload) {
-                Ok(p) => {
-                    if let Err(e) = devices::set_online(store, &device_id, p.online).await {
-                        tracing::warn!(device_id, error = %e, "cannot record presence");
+                Ok(p) => match devices::set_online(store, &device_id, p.online, p.ts).await {
+                    Ok(true) => {
+                        let (kind, detail) = if p.online {
+                            ("online", "connected")
+                        } else {
+                            ("offline", "disconnected (its state or last will)")
+                        };
+                        if let Err(e) = events::record(store, &device_id, kind, detail).await {
+                            tracing::warn!(device_id, error = %e, "cannot record a presence event");
+                        }
                     }
-                }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(device_id, error = %e, "cannot record presence"),
+                },
                 Err(e) => {
                     tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}")
                 }
             }
-        } else if let Err(e) = devices::touch(store, &device_id).await {
-            tracing::warn!(device_id, error = %e, "cannot record contact");
+        } else {
+            match devices::touch(store, &device_id).await {
+                Ok(true) => {
+                    if let Err(e) =
+                        events::record(store, &device_id, "online", "heard from again").await
+                    {
+                        tracing::warn!(device_id, error = %e, "cannot record a presence event");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(device_id, error = %e, "cannot record contact"),
+            }
         }
         let stored_by_ingest =
             matches!(kind, TopicKind::Telemetry | TopicKind::Health) && self.ingest.is_some();

@@ -5,6 +5,7 @@
 pub mod events;
 pub mod ingest;
 pub mod query;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
