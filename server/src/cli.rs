@@ -188,6 +188,12 @@ fn init_tracing(filter: &str) {
 }
 
 async fn serve(settings: Settings) -> Result<(), Failure> {
+    // Every connected device holds a few descriptors (TLS socket, broker
+    // link); the usual soft limit of 1024 would cap a fleet at a few hundred.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let app = startup::build(settings).await?;
     if let Some(password) = &app.initial_admin_password {
         println!(

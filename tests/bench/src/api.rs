@@ -1,0 +1,80 @@
+//! The few REST calls the benchmark makes as the first admin: sign in and
+//! create one enrollment token for the whole simulated fleet.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// A REST client for the server's API on `http://ADDR`.
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    /// A client for the API at `addr`.
+    pub fn new(addr: SocketAddr) -> Result<Api> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            // Idle keep-alive connections would hold up the server's graceful stop.
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .context("building the API client")?;
+        Ok(Api {
+            client,
+            base: format!("http://{addr}"),
+        })
+    }
+
+    /// `POST /api/v1/auth/login` as `admin`; answers the JWT.
+    pub async fn login(&self, password: &str) -> Result<String> {
+        let body = self
+            .post(
+                None,
+                "/api/v1/auth/login",
+                &json!({"username": "admin", "password": password}),
+            )
+            .await
+            .context("signing in as the first admin")?;
+        text_field(&body, "token")
+    }
+
+    /// `POST /api/v1/enrollment-tokens` for `uses` devices, valid for a day; answers the secret.
+    pub async fn enrollment_token(&self, jwt: &str, uses: u32) -> Result<String> {
+        let body = self
+            .post(
+                Some(jwt),
+                "/api/v1/enrollment-tokens",
+                &json!({"uses": uses, "expires_in": "24h"}),
+            )
+            .await
+            .context("creating the enrollment token")?;
+        text_field(&body, "token")
+    }
+
+    async fn post(&self, jwt: Option<&str>, path: &str, body: &Value) -> Result<Value> {
+        let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
+        if let Some(jwt) = jwt {
+            req = req.bearer_auth(jwt);
+        }
+        let res = req.send().await.with_context(|| format!("POST {path}"))?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!(
+                "POST {path} answered {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
+        }
+        serde_json::from_str(&text).with_context(|| format!("POST {path} did not answer JSON"))
+    }
+}
+
+fn text_field(body: &Value, name: &str) -> Result<String> {
+    body.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .with_context(|| format!("the answer has no {name:?}"))
+}

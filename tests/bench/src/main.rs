@@ -1,0 +1,65 @@
+//! `drover-bench`: load tools that measure the real `drover` server binary
+//! from outside, as a fleet sees it. Every loop is bounded in count and
+//! time, and all traffic stays on 127.0.0.1.
+
+mod api;
+mod connections;
+mod enroll;
+mod fleet;
+mod procfs;
+mod report;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load tools for the Drover server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "drover-bench",
+    version,
+    about = "Load tools that run the real drover server binary and measure it from outside",
+    after_help = "Build both binaries first (release, so the figures mean something):\n  \
+                  cargo build --release -p drover-server -p drover-bench\n\
+                  then, for example:\n  \
+                  target/release/drover-bench connections --devices 10000 --out docs/BENCHMARKS.md"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enrolls N devices and holds N real TLS MQTT sessions with their own
+    /// certificates, measuring the server's memory and CPU at each step, then
+    /// restarts the server and measures the reconnect storm.
+    Connections(connections::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Connections(args) => connections::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
