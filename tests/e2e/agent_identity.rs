@@ -88,12 +88,7 @@ async fn an_agent_enrolls_and_reports_its_identity() {
             .as_str()
             .is_some_and(|t| t.ends_with('Z'))
     );
-    let device: Value = app
-        .get(&admin, &format!("/api/v1/devices/{id}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let device: Value = app.device(&admin, &id).await;
     assert_eq!(device["status"], "accepted");
     assert_eq!(device["hostname"], "bench-pi");
     assert_eq!(device["tags"]["site"], "lab");

@@ -109,12 +109,7 @@ async fn an_enrolled_certificate_follows_the_contract_profile_whatever_the_csr_a
         "90 days: {lifetime}"
     );
 
-    let device: Value = app
-        .get(&admin, &format!("/api/v1/devices/{}", answer.device_id))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let device: Value = app.device(&admin, &answer.device_id).await;
     assert_eq!(device["tags"]["site"], "berlin", "the token's tags win");
     assert_eq!(device["tags"]["rack"], "7");
     assert_eq!(device["device_type"], "rpi4");
@@ -545,12 +540,7 @@ async fn operators_manage_devices_in_the_dashboard() {
         .await
         .expect("accept");
     assert_eq!(res.status(), 303);
-    let device: Value = app
-        .get(&admin, &format!("/api/v1/devices/{id}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let device: Value = app.device(&admin, &id).await;
     assert_eq!(device["status"], "accepted");
     let res = browser
         .post(app.url(&format!("/devices/{id}")))
@@ -585,12 +575,7 @@ async fn operators_manage_devices_in_the_dashboard() {
         .await
         .expect("revoke");
     assert_eq!(res.status(), 303);
-    let device: Value = app
-        .get(&admin, &format!("/api/v1/devices/{id}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let device: Value = app.device(&admin, &id).await;
     assert_eq!(device["status"], "revoked");
     assert_eq!(device["name"], "line-3-camera");
     assert_eq!(device["tags"]["line"], "3");

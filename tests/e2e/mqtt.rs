@@ -83,12 +83,7 @@ async fn a_device_publishes_under_its_own_prefix_and_the_server_receives_it() {
         .expect("state arrives");
     assert_eq!(m.kind, TopicKind::State);
     let online = drover_tests::wait_until(Duration::from_secs(10), || async {
-        let v: Value = app
-            .get(&admin, &format!("/api/v1/devices/{}", d.id))
-            .await
-            .json()
-            .await
-            .expect("json");
+        let v: Value = app.device(&admin, &d.id).await;
         v["online"] == true
     })
     .await;
@@ -219,15 +214,7 @@ async fn a_revoked_devices_open_session_ends_within_a_second_and_it_cannot_retur
         mqtt_connect(app.mqtt_options(&d.id, &d)).await.is_err(),
         "and it cannot reconnect"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("drover_mqtt_refused_total{reason=\"revoked\"} 1"),
         "{metrics}"

@@ -21,15 +21,7 @@ async fn health_readiness_and_metrics_answer() {
         .expect("readyz");
     assert_eq!(res.status(), 200);
     app.login("admin", "wrong-password").await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics().await;
     assert!(text.contains("# TYPE drover_http_requests_total counter"));
     assert!(text.contains("drover_http_requests_total{route=\"/api/v1/auth/login\",method=\"POST\",status=\"401\"} 1"), "{text}");
     assert!(

@@ -150,15 +150,7 @@ async fn readings_are_stored_once_and_bad_ones_are_refused_without_stopping_the_
         details.iter().any(|t| t.contains("70 metrics")),
         "{details:?}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("drover_telemetry_readings_stored_total 101"),
         "{metrics}"
@@ -297,12 +289,7 @@ async fn an_agent_carries_readings_from_its_intake_to_the_store_and_reports_heal
         h["report"]["mem_total"].as_u64().is_some_and(|m| m > 0),
         "{h}"
     );
-    let device: Value = app
-        .get(&admin, &format!("/api/v1/devices/{id}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let device: Value = app.device(&admin, &id).await;
     assert_eq!(device["online"], true);
     let _ = daemon.kill().await;
 }
@@ -402,23 +389,13 @@ async fn presence_changes_are_events_and_silent_devices_go_offline() {
         .await
         .expect("publish");
     let online = wait_until(Duration::from_secs(10), || async {
-        let v: Value = app
-            .get(&admin, &format!("/api/v1/devices/{}", d.id))
-            .await
-            .json()
-            .await
-            .expect("json");
+        let v: Value = app.device(&admin, &d.id).await;
         v["online"] == true
     })
     .await;
     assert!(online);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let v: Value = app
-        .get(&admin, &format!("/api/v1/devices/{}", d.id))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let v: Value = app.device(&admin, &d.id).await;
     assert_eq!(v["online"], true, "the stale will changed nothing");
     // Ninety seconds of silence later (the clock passed in), the device is offline.
     let store = drover_server::store::Store::connect(&app.settings.database_url)
@@ -433,12 +410,7 @@ async fn presence_changes_are_events_and_silent_devices_go_offline() {
     .expect("presence");
     store.close().await;
     assert_eq!(gone, vec![d.id.clone()]);
-    let v: Value = app
-        .get(&admin, &format!("/api/v1/devices/{}", d.id))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let v: Value = app.device(&admin, &d.id).await;
     assert_eq!(v["online"], false);
     // Its next message brings it back.
     client
@@ -446,12 +418,7 @@ async fn presence_changes_are_events_and_silent_devices_go_offline() {
         .await
         .expect("publish");
     let back = wait_until(Duration::from_secs(10), || async {
-        let v: Value = app
-            .get(&admin, &format!("/api/v1/devices/{}", d.id))
-            .await
-            .json()
-            .await
-            .expect("json");
+        let v: Value = app.device(&admin, &d.id).await;
         v["online"] == true
     })
     .await;

@@ -319,6 +319,27 @@ impl TestApp {
             .expect("request")
     }
 
+    /// The Prometheus text of /metrics.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// A device as `GET /api/v1/devices/{id}` answers it.
+    pub async fn device(&self, token: &str, id: &str) -> Value {
+        self.get(token, &format!("/api/v1/devices/{id}"))
+            .await
+            .json()
+            .await
+            .expect("device json")
+    }
+
     /// Audit entries matching a query string (newest first).
     pub async fn audit(&self, token: &str, query: &str) -> Vec<Value> {
         let res = self.get(token, &format!("/api/v1/audit?{query}")).await;
