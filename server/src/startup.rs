@@ -22,7 +22,7 @@ use crate::keys::{self, Keyring};
 use crate::mqtt::broker;
 use crate::mqtt::client::MqttLink;
 use crate::mqtt::external::{BrokerEndpoint, RevocationSync, SERVER_CLIENT_NAME};
-use crate::mqtt::gateway::{Gateway, GatewayMetrics, Sessions};
+use crate::mqtt::gateway::{Gateway, GatewayMetrics, Sessions, Upstream};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Catalog;
 use crate::telemetry::ingest::{Ingest, IngestMetrics};
@@ -431,7 +431,7 @@ fn start_mqtt(
         var: "DROVER_MQTT_LISTEN",
         source,
     };
-    let broker = broker::start(20_000)?;
+    let broker = broker::start(64)?;
     let mut options = MqttOptions::new(
         "drover-server",
         broker.addr.ip().to_string(),
@@ -446,12 +446,12 @@ fn start_mqtt(
     );
     let tls = http::device::tls_config(identity, &settings.public_hostnames, true)?;
     let metrics = Arc::new(GatewayMetrics::default());
+    let sessions = Arc::new(Sessions::default());
     let gateway = Arc::new(Gateway {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
-        upstream: broker.addr,
-        secret: broker.secret,
+        upstream: Upstream::start(broker.addr, broker.secret, sessions.clone()),
         store: store.clone(),
-        sessions: Arc::new(Sessions::default()),
+        sessions,
         metrics: metrics.clone(),
     });
     listener.set_nonblocking(true).map_err(listen_err)?;

@@ -349,3 +349,99 @@ async fn the_server_sends_commands_to_a_device() {
     let cmd: Command = serde_json::from_slice(&p.payload).expect("command json");
     assert_eq!(cmd, Command::RenewCertificate);
 }
+
+/// Writes one MQTT packet to a raw connection.
+async fn send_packet<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, packet: Packet) {
+    let mut out = bytes::BytesMut::new();
+    packet.write(&mut out, 1 << 20).expect("encode");
+    w.write_all(&out).await.expect("write");
+}
+
+/// Reads one MQTT packet from a raw connection, or None when it closed.
+async fn read_packet<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut bytes::BytesMut,
+) -> Option<Packet> {
+    loop {
+        if let Ok(p) = Packet::read(buf, 1 << 20) {
+            return Some(p);
+        }
+        match tokio::io::AsyncReadExt::read_buf(r, buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_takes_the_session_a_silent_one_leaves_its_will_and_qos_2_arrives() {
+    let app = spawn_app().await;
+    let (_admin, d) = device(&app).await;
+    let port = app.mqtt_port.expect("port");
+    let mut inbox = app.mqtt.subscribe();
+    let offline = r#"{"online":false,"ts":1}"#;
+
+    // A raw session with a one-second keep-alive and a will, then silence.
+    let mut raw = tls_connect(&app, &d, port).await;
+    let mut connect = rumqttc::Connect::new(d.id.clone());
+    connect.keep_alive = 1;
+    connect.last_will = Some(rumqttc::LastWill::new(
+        d.topic("state"),
+        offline,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    send_packet(&mut raw, Packet::Connect(connect)).await;
+    let mut buf = bytes::BytesMut::new();
+    assert!(matches!(
+        read_packet(&mut raw, &mut buf).await,
+        Some(Packet::ConnAck(a)) if a.code == rumqttc::ConnectReturnCode::Success
+    ));
+    let started = tokio::time::Instant::now();
+    let will = received(&mut inbox, &d.id, Duration::from_secs(5))
+        .await
+        .expect("the will arrives after one and a half keep-alives of silence");
+    assert_eq!(will.kind, TopicKind::State);
+    assert_eq!(&will.payload[..], offline.as_bytes());
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert!(read_packet(&mut raw, &mut buf).await.is_none(), "closed");
+
+    // Two connections of one device: the newer takes over, the older's will stays unsent.
+    let mut first = app.mqtt_options(&d.id, &d);
+    first.set_last_will(rumqttc::LastWill::new(
+        d.topic("state"),
+        offline,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (_c1, eventloop1) = mqtt_connect(first).await.expect("first connects");
+    let (c2, mut eventloop2) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("second connects");
+    assert!(
+        closed_within(eventloop1, Duration::from_secs(5)).await,
+        "the older connection is closed"
+    );
+    c2.publish(d.topic("telemetry"), QoS::ExactlyOnce, false, "{}")
+        .await
+        .expect("publish");
+    let mut acks = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !acks.contains(&"pubcomp") {
+        match tokio::time::timeout_at(deadline, eventloop2.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubRec(_)))) => acks.push("pubrec"),
+            Ok(Ok(Event::Incoming(Packet::PubComp(_)))) => acks.push("pubcomp"),
+            Ok(Ok(_)) => {}
+            other => panic!("QoS 2 handshake did not finish: {other:?} after {acks:?}"),
+        }
+    }
+    assert_eq!(acks, ["pubrec", "pubcomp"]);
+    let m = received(&mut inbox, &d.id, Duration::from_secs(5))
+        .await
+        .expect("the QoS 2 message reaches the server");
+    assert_eq!(
+        m.kind,
+        TopicKind::Telemetry,
+        "nothing else (no will from the taken-over connection) came first"
+    );
+}
