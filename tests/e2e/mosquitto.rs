@@ -166,3 +166,98 @@ async fn another_devices_client_id_cannot_take_its_session_and_a_foreign_ca_is_r
         "another CA's certificate"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_keeps_commands_private_and_bad_clients_delay_nobody() {
+    let app = spawn_app_on_mosquitto().await;
+    let admin = app.admin_token().await;
+    let a = app.enrolled_device(&admin).await;
+    let b = app.enrolled_device(&admin).await;
+    let port = app.mqtt_port.expect("mosquitto's device port");
+
+    // Ten clients open TCP and never start TLS.
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        stalled.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("tcp"),
+        );
+    }
+    let started = tokio::time::Instant::now();
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&a.id, &a))
+        .await
+        .expect("a connects");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not delayed by stalled clients: {:?}",
+        started.elapsed()
+    );
+    // a asks for b's commands and its own; only its own may reach it.
+    client
+        .subscribe(b.topic("commands"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    client
+        .subscribe(a.topic("commands"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let _ = seen_tx.send(p.topic);
+            }
+        }
+    });
+
+    // No client certificate, and garbage after a good handshake: each closes only itself.
+    let mut options = rumqttc::MqttOptions::new(b.id.clone(), "127.0.0.1", port);
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca: app.ca_pem.as_bytes().to_vec(),
+            alpn: None,
+            client_auth: None,
+        },
+    ));
+    assert!(
+        mqtt_connect(options).await.is_err(),
+        "no client certificate"
+    );
+    let mut garbage = crate::mqtt::tls_connect(&app, &b, port).await;
+    tokio::io::AsyncWriteExt::write_all(&mut garbage, &[0xff; 64])
+        .await
+        .expect("write");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut garbage, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the garbage connection is closed: {read:?}"
+    );
+
+    // Commands for both: a, still connected, receives only its own.
+    let mut got_own = false;
+    for _ in 0..40 {
+        for id in [&b.id, &a.id] {
+            app.mqtt
+                .send_command(id, &drover_proto::Command::RenewCertificate)
+                .await
+                .expect("send");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        while let Ok(topic) = seen.try_recv() {
+            assert_eq!(topic, a.topic("commands"), "a received another's command");
+            got_own = true;
+        }
+        if got_own {
+            break;
+        }
+    }
+    assert!(got_own, "a still receives its own commands");
+    pump.abort();
+    drop(stalled);
+}

@@ -282,7 +282,7 @@ async fn a_stalled_client_delays_nobody_and_garbage_closes_only_its_own_connecti
     drop(stalled);
 }
 
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     app: &TestApp,
     d: &EnrolledDevice,
     port: u16,

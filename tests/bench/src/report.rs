@@ -527,12 +527,11 @@ impl Report {
                     p,
                     "The server holds {per_device:.1} file descriptors per device"
                 );
+                // Device sessions end at the gateway, so one socket each is the floor.
                 if per_device > 1.5 {
-                    let _ = write!(
-                        p,
-                        " (the device's TLS socket, plus the gateway's loopback connection to the \
-                         embedded broker and the broker's end of it)"
-                    );
+                    let _ = write!(p, " (more than the one TLS socket each needs)");
+                } else {
+                    let _ = write!(p, " (its TLS socket; sessions end at the gateway)");
                 }
                 match self.limits.server_open_files.0.parse::<f64>() {
                     Ok(limit) => {
