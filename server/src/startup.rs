@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -128,6 +129,9 @@ pub struct Application {
     /// The generated password of the first admin, on the very first start only.
     pub initial_admin_password: Option<String>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The MQTT gateway's accept loop and its sessions (embedded broker only).
+    gateway: Option<(tokio::task::JoinHandle<()>, Arc<Sessions>)>,
+    ingest: Arc<IngestMetrics>,
 }
 
 impl Application {
@@ -172,12 +176,32 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (http, device) = tokio::join!(self.server, self.device_server);
         let result = http.and(device);
+        if let Some((accept, sessions)) = &self.gateway {
+            accept.abort();
+            sessions.close_all();
+        }
+        drain(&self.mqtt, &self.ingest).await;
         for task in &self.background {
             task.abort();
         }
         self.store.close().await;
         result
     }
+}
+
+/// Waits (up to 5 s) until device messages stop arriving and ingest has
+/// stored what it holds: the embedded broker keeps messages in memory only,
+/// so what it acknowledged to devices must reach the store before it ends.
+async fn drain(mqtt: &MqttLink, ingest: &IngestMetrics) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let (quiet_ms, queued) = mqtt.backlog();
+        if quiet_ms >= 300 && queued == 0 && !ingest.busy.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!("stopping with device messages still arriving or unstored");
 }
 
 /// Prepares everything and binds the listeners.
@@ -280,8 +304,9 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         }
         .run(ingest_rx),
     );
-    let (mqtt, mqtt_task, gateway_task, gateway_metrics) =
+    let (mqtt, mqtt_task, sync_task, gateway) =
         start_mqtt(&settings, &store, &identity, mqtt_listener, ingest_tx)?;
+    let gateway_metrics = gateway.as_ref().map(|g| g.metrics.clone());
 
     let openapi_json = serde_json::to_string_pretty(&http::api::openapi())
         .map_err(|e| crate::error::Error::Internal(format!("OpenAPI document: {e}")))?;
@@ -296,7 +321,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         device_url: format!("https://{public_host}:{}", device_addr.port()),
         gateway: gateway_metrics,
         catalog,
-        ingest: ingest_metrics,
+        ingest: ingest_metrics.clone(),
     });
 
     let listener = bind(
@@ -374,7 +399,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             settings.offline_after,
         )),
     ];
-    background.extend(gateway_task);
+    background.extend(sync_task);
     Ok(Application {
         mqtt,
         server,
@@ -386,14 +411,24 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         http_addr,
         initial_admin_password,
         background,
+        gateway: gateway.map(|g| (g.task, g.sessions)),
+        ingest: ingest_metrics,
     })
 }
 
+/// The running gateway of the embedded broker.
+struct GatewayParts {
+    task: tokio::task::JoinHandle<()>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<GatewayMetrics>,
+}
+
+/// The server's link, its task, the CRL sync task (external broker) and the gateway (embedded).
 type MqttParts = (
     MqttLink,
     tokio::task::JoinHandle<()>,
     Option<tokio::task::JoinHandle<()>>,
-    Option<Arc<GatewayMetrics>>,
+    Option<GatewayParts>,
 );
 
 /// Starts the embedded broker and gateway (or points at the external
@@ -451,13 +486,22 @@ fn start_mqtt(
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
         upstream: Upstream::start(broker.addr, broker.secret, sessions.clone()),
         store: store.clone(),
-        sessions,
+        sessions: sessions.clone(),
         metrics: metrics.clone(),
     });
     listener.set_nonblocking(true).map_err(listen_err)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
     let gateway_task = tokio::spawn(gateway.run(listener, identity.revocations.subscribe()));
-    Ok((link, task, Some(gateway_task), Some(metrics)))
+    Ok((
+        link,
+        task,
+        None,
+        Some(GatewayParts {
+            task: gateway_task,
+            sessions,
+            metrics,
+        }),
+    ))
 }
 
 /// A stable id for this server's broker session (kept in the data directory).

@@ -79,6 +79,8 @@ pub struct MqttLink {
     subscriptions: &'static [&'static str],
     events: broadcast::Sender<Inbound>,
     ingest: Option<tokio::sync::mpsc::Sender<Inbound>>,
+    /// When the last device message arrived (ms), for draining at stop.
+    last_inbound: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for MqttLink {
@@ -112,9 +114,21 @@ impl MqttLink {
             subscriptions,
             events,
             ingest,
+            last_inbound: Default::default(),
         };
         let task = tokio::spawn(link.clone().drive(eventloop, store));
         (link, task)
+    }
+
+    /// Milliseconds since a device message last arrived, and messages
+    /// waiting for ingest: a stopping server waits for both to settle.
+    pub fn backlog(&self) -> (i64, usize) {
+        let last = self.last_inbound.load(std::sync::atomic::Ordering::Relaxed);
+        let queued = self
+            .ingest
+            .as_ref()
+            .map_or(0, |q| q.max_capacity() - q.capacity());
+        (now_ms().saturating_sub(last), queued)
     }
 
     /// Receives every message devices publish from now on.
@@ -175,6 +189,8 @@ impl MqttLink {
 
     /// Hands a message on; answers true when ingest took it (and will acknowledge it).
     async fn dispatch(&self, store: &Store, publish: rumqttc::Publish) -> bool {
+        self.last_inbound
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         let Ok((device, kind)) = parse_topic(&publish.topic, PrefixShape::Plain) else {
             tracing::warn!(topic = %publish.topic, "a message on a topic the server does not handle");
             return false;

@@ -46,6 +46,8 @@ pub struct IngestMetrics {
     pub rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Messages waiting in the queue.
     pub queued: AtomicU64,
+    /// A batch is being stored and acknowledged now.
+    pub busy: std::sync::atomic::AtomicBool,
 }
 
 impl IngestMetrics {
@@ -259,6 +261,7 @@ impl Ingest {
             let Some(first) = queue.recv().await else {
                 return;
             };
+            self.metrics.busy.store(true, Ordering::SeqCst);
             batch.push(first);
             // Take what is already waiting, so a flood commits in large batches.
             while batch.len() < BATCH_MESSAGES {
@@ -285,6 +288,7 @@ impl Ingest {
             for m in batch.drain(..) {
                 m.ack().await;
             }
+            self.metrics.busy.store(false, Ordering::SeqCst);
         }
     }
 

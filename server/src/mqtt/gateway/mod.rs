@@ -155,6 +155,14 @@ impl Sessions {
         }
     }
 
+    /// Closes every session (the server is stopping); their wills are published.
+    pub fn close_all(&self) {
+        let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, entry) in open {
+            let _ = entry.tx.send(ToDevice::Close("the server is stopping"));
+        }
+    }
+
     /// How many devices have a session now.
     pub fn devices(&self) -> usize {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).len()

@@ -119,8 +119,9 @@ pub fn connack(code: ConnectReturnCode) -> BytesMut {
 pub enum End {
     /// The device sent DISCONNECT: no will.
     Disconnected,
-    /// A newer connection of the same device took the session over: no will
-    /// (the device is online through the new one).
+    /// A newer connection of the same device took the session over (the
+    /// device is online through it), or the server is stopping (the device
+    /// will be back when it returns): no will.
     TakenOver,
     /// Anything else: the will is published.
     Lost(Refusal),
@@ -163,7 +164,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             message = rx.recv() => match message {
                 Some(ToDevice::PubAck(pkid)) => session.acked(pkid),
                 Some(ToDevice::Command(publish)) => session.command(*publish),
-                Some(ToDevice::Close("taken over")) => Err(End::TakenOver),
+                Some(ToDevice::Close("taken over" | "the server is stopping")) => Err(End::TakenOver),
                 Some(ToDevice::Close(reason)) => Err(End::Lost(Refusal(reason_code(reason), reason.into()))),
                 // The session holds a sender itself, so this cannot happen.
                 None => Err(End::Lost(Refusal("closed", "session channel closed".into()))),
