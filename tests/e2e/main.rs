@@ -6,6 +6,7 @@ mod agent_identity;
 mod api_conventions;
 mod audit;
 mod auth;
+mod browser;
 mod cli;
 mod dashboard;
 mod identity;

@@ -1,5 +1,6 @@
-//! Static assets (vendored htmx, the stylesheet), embedded in the binary so
-//! the dashboard needs nothing from outside it. Served with a strong ETag.
+//! Static assets (vendored htmx and uPlot, our stylesheet and scripts),
+//! embedded in the binary so the dashboard needs nothing from outside it.
+//! Served with a strong ETag; pages add it as `?v=` to bust caches.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, web};
@@ -25,7 +26,12 @@ const ASSETS: &[Asset] = &[
     asset!("htmx.min.js", "text/javascript; charset=utf-8"),
     asset!("drover.css", "text/css; charset=utf-8"),
     asset!("drover.js", "text/javascript; charset=utf-8"),
+    asset!("charts.js", "text/javascript; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
+    asset!("uPlot.iife.min.js", "text/javascript; charset=utf-8"),
+    asset!("uPlot.min.css", "text/css; charset=utf-8"),
+    // uPlot's MIT licence asks that its notice travel with every copy.
+    asset!("uPlot.LICENSE", "text/plain; charset=utf-8"),
 ];
 
 /// The ETag of an asset, also used to bust caches in templates.

@@ -60,6 +60,46 @@ impl Status {
     }
 }
 
+/// Whether a device is talking to the server: connected now, heard from
+/// before but not now, or never heard from since it enrolled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// Connected now.
+    Online,
+    /// Heard from before, not connected now.
+    Offline,
+    /// Never heard from since it enrolled.
+    Never,
+}
+
+impl Presence {
+    /// Every presence, for filters.
+    pub const ALL: [Presence; 3] = [Presence::Online, Presence::Offline, Presence::Never];
+
+    /// The filter's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Online => "online",
+            Presence::Offline => "offline",
+            Presence::Never => "never",
+        }
+    }
+
+    /// Parses a filter value.
+    pub fn parse(field: &str, s: &str) -> Result<Presence> {
+        match s {
+            "online" => Ok(Presence::Online),
+            "offline" => Ok(Presence::Offline),
+            "never" => Ok(Presence::Never),
+            other => Err(Error::invalid(
+                field,
+                format!("{other:?} is not a presence; use online, offline or never"),
+            )),
+        }
+    }
+}
+
 /// A stored device.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Device {
@@ -170,6 +210,8 @@ pub struct Filter {
     pub tag: Option<(String, String)>,
     /// Text found in the id, name or host name.
     pub q: Option<String>,
+    /// Connected now, heard from before, or never heard from.
+    pub presence: Option<Presence>,
 }
 
 /// One page of devices by name, with the total matching.
@@ -177,14 +219,18 @@ pub async fn list(store: &Store, filter: &Filter, page: Page) -> Result<(Vec<Dev
     const WHERE: &str = "WHERE ($1 IS NULL OR d.status = $1)
           AND ($2 IS NULL OR d.device_type = $2)
           AND ($3 IS NULL OR EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = $3 AND t.value = $4))
-          AND ($5 IS NULL OR LOWER(d.id) LIKE $5 OR LOWER(d.name) LIKE $5 OR LOWER(d.hostname) LIKE $5)";
+          AND ($5 IS NULL OR LOWER(d.id) LIKE $5 OR LOWER(d.name) LIKE $5 OR LOWER(d.hostname) LIKE $5)
+          AND ($6 IS NULL
+               OR ($6 = 'online' AND d.online)
+               OR ($6 = 'offline' AND NOT d.online AND d.last_seen_at IS NOT NULL)
+               OR ($6 = 'never' AND NOT d.online AND d.last_seen_at IS NULL))";
     let columns = DEVICE_COLUMNS
         .split(", ")
         .map(|c| format!("d.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
     let items_sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {columns} FROM devices d {WHERE} ORDER BY d.name, d.id LIMIT $6 OFFSET $7"
+        "SELECT {columns} FROM devices d {WHERE} ORDER BY d.name, d.id LIMIT $7 OFFSET $8"
     ));
     let count_sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM devices d {WHERE}"));
     let status = filter.status.map(Status::as_str);
@@ -196,12 +242,13 @@ pub async fn list(store: &Store, filter: &Filter, page: Page) -> Result<(Vec<Dev
         let escaped = q.to_lowercase().replace(['%', '_'], "");
         format!("%{escaped}%")
     });
+    let presence = filter.presence.map(Presence::as_str);
     let items = on_store!(store, pool => sqlx::query_as::<_, Device>(items_sql)
         .bind(status).bind(filter.device_type.as_deref()).bind(tag_key).bind(tag_value).bind(q.as_deref())
-        .bind(page.limit()).bind(page.offset()).fetch_all(pool).await)?;
+        .bind(presence).bind(page.limit()).bind(page.offset()).fetch_all(pool).await)?;
     let total: i64 = on_store!(store, pool => sqlx::query_scalar(count_sql)
         .bind(status).bind(filter.device_type.as_deref()).bind(tag_key).bind(tag_value).bind(q.as_deref())
-        .fetch_one(pool).await)?;
+        .bind(presence).fetch_one(pool).await)?;
     Ok((items, total))
 }
 
@@ -363,6 +410,32 @@ pub async fn count_by_status(store: &Store) -> Result<std::collections::BTreeMap
     let rows: Vec<(String, i64)> = on_store!(store, pool => sqlx::query_as(
         "SELECT status, COUNT(*) FROM devices GROUP BY status").fetch_all(pool).await)?;
     Ok(rows.into_iter().collect())
+}
+
+/// How many accepted devices are online, offline and never seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PresenceCounts {
+    /// Connected now.
+    pub online: i64,
+    /// Heard from before, not connected now.
+    pub offline: i64,
+    /// Never heard from since enrolling.
+    pub never: i64,
+}
+
+/// Presence of the accepted devices (the others may not connect, so their
+/// presence says nothing about the fleet's health).
+pub async fn count_by_presence(store: &Store) -> Result<PresenceCounts> {
+    let (online, offline, never): (i64, i64, i64) = on_store!(store, pool => sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(CASE WHEN online THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN NOT online AND last_seen_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN NOT online AND last_seen_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT)
+         FROM devices WHERE status = 'accepted'").fetch_one(pool).await)?;
+    Ok(PresenceCounts {
+        online,
+        offline,
+        never,
+    })
 }
 
 /// Records a device's presence from its `state` topic (and its last contact);

@@ -6,6 +6,7 @@ pub mod events;
 pub mod ingest;
 pub mod query;
 pub mod retention;
+pub mod views;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -86,10 +86,30 @@ pub async fn rolled(
         .collect())
 }
 
-/// The latest value of each of a device's metrics: (name, ts, value).
-pub async fn latest(store: &Store, device_id: &str) -> Result<Vec<(String, i64, f64)>> {
-    Ok(on_store!(store, pool => sqlx::query_as(
-        "SELECT m.name, l.ts, l.value FROM telemetry_latest l JOIN metric_names m ON m.id = l.metric_id
+/// The latest value of one of a device's metrics.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Latest {
+    /// Metric name.
+    pub metric: String,
+    /// When it was read (ms since the epoch).
+    pub ts: i64,
+    /// The value.
+    pub value: f64,
+    /// The versions the device ran then (canonical JSON `{"bundle":"1.2.0"}`);
+    /// `None` once retention has removed the raw point it came from.
+    pub versions: Option<String>,
+}
+
+/// The latest value of each of a device's metrics, by name, with the versions
+/// the device ran when it read them.
+pub async fn latest(store: &Store, device_id: &str) -> Result<Vec<Latest>> {
+    // telemetry_latest keeps no version set; the raw point at the same
+    // (device, metric, ts) has it and is found through the series index.
+    Ok(on_store!(store, pool => sqlx::query_as::<_, Latest>(
+        "SELECT m.name AS metric, l.ts, l.value,
+                (SELECT v.versions FROM telemetry_points p JOIN version_sets v ON v.id = p.version_set_id
+                 WHERE p.device_id = l.device_id AND p.metric_id = l.metric_id AND p.ts = l.ts LIMIT 1) AS versions
+         FROM telemetry_latest l JOIN metric_names m ON m.id = l.metric_id
          WHERE l.device_id = $1 ORDER BY m.name")
         .bind(device_id).fetch_all(pool).await)?)
 }

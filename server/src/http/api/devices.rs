@@ -12,7 +12,7 @@ use crate::http::AppState;
 use crate::http::auth::Principal;
 use crate::http::errors::{ApiResult, Problem};
 use crate::http::json::Json;
-use crate::identity::devices::{self, Filter, Status};
+use crate::identity::devices::{self, Filter, Presence, Status};
 use crate::identity::views::{self, CertificateView, DeviceView};
 use crate::identity::{Tags, device_type};
 use crate::paging::{Page, Paged};
@@ -43,6 +43,8 @@ pub struct DeviceQuery {
     pub tag: Option<String>,
     /// Text in the id, name or host name.
     pub q: Option<String>,
+    /// online, offline (heard from before) or never (not heard from since enrolling).
+    pub presence: Option<String>,
     /// Page number, from 1.
     pub page: Option<String>,
     /// Items per page, 1 to 500.
@@ -72,6 +74,9 @@ impl DeviceQuery {
                 })
                 .transpose()?,
             q: given(&self.q).map(|q| q.chars().take(100).collect()),
+            presence: given(&self.presence)
+                .map(|p| Presence::parse("presence", &p))
+                .transpose()?,
         };
         Ok((
             filter,

@@ -1,5 +1,7 @@
 //! Devices in the dashboard: the list with filters and paging, a device's
-//! page with its identity and certificates, and the operator's actions.
+//! page with its identity, certificates, latest values, health and charts
+//! (whose data the page fetches from `/devices/{id}/series`), and the
+//! operator's actions.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
@@ -14,14 +16,16 @@ use crate::http::AppState;
 use crate::http::api::DeviceQuery;
 use crate::http::auth::{Mutation, WebUser};
 use crate::identity::Tags;
-use crate::identity::devices::{self, DeviceCertificate, Status};
+use crate::identity::devices::{self, DeviceCertificate, Presence, Status};
 use crate::identity::views::{self, CertificateView, DeviceView};
 use crate::store::now_ms;
+use crate::telemetry::views::{self as telemetry, HealthView, LatestView};
 use crate::users::Role;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(devices_page)
         .service(device_page)
+        .service(device_series)
         .service(device_accept)
         .service(device_revoke)
         .service(device_decommission)
@@ -35,6 +39,8 @@ struct DevicesPage {
     devices: Vec<DeviceView>,
     statuses: [Status; 4],
     status: String,
+    presences: [Presence; 3],
+    presence: String,
     device_type: String,
     tag: String,
     q: String,
@@ -48,6 +54,7 @@ impl DevicesPage {
     fn page_link(&self, page: i64) -> String {
         let filters = [
             ("status", self.status.as_str()),
+            ("presence", self.presence.as_str()),
             ("type", self.device_type.as_str()),
             ("tag", self.tag.as_str()),
             ("q", self.q.as_str()),
@@ -68,6 +75,8 @@ async fn devices_page(
         devices: Vec::new(),
         statuses: Status::ALL,
         status: text(&query.status),
+        presences: Presence::ALL,
+        presence: text(&query.presence),
         device_type: text(&query.device_type),
         tag: text(&query.tag),
         q: text(&query.q),
@@ -99,8 +108,17 @@ struct DevicePage {
     device: DeviceView,
     certificates: Vec<CertificateView>,
     tags_text: String,
+    latest: Vec<LatestView>,
+    health: Option<HealthView>,
     error: Option<String>,
     notice: Option<String>,
+}
+
+impl DevicePage {
+    /// Whether any metric has readings in the charted hour.
+    fn has_recent(&self) -> bool {
+        self.latest.iter().any(|l| l.recent)
+    }
 }
 
 async fn render_device(
@@ -118,6 +136,8 @@ async fn render_device(
         .iter()
         .map(|c: &DeviceCertificate| CertificateView::new(c, now))
         .collect();
+    let latest = telemetry::latest(&state.store, id, now).await?;
+    let health = telemetry::health(&state.store, id, now).await?;
     let tags_text = device
         .tags
         .0
@@ -132,6 +152,8 @@ async fn render_device(
             device,
             certificates,
             tags_text,
+            latest,
+            health,
             error,
             notice,
         },
@@ -160,6 +182,22 @@ async fn device_page(
         _ => None,
     };
     render_device(&state, &who, &id, StatusCode::OK, None, notice).await
+}
+
+/// The last hour of every metric the device sent, as JSON for the page's
+/// charts. It sits beside the page rather than in /api/v1 so that it takes
+/// the dashboard session, with the page's access rule: any signed-in role.
+#[get("/devices/{id}/series")]
+async fn device_series(
+    state: web::Data<AppState>,
+    _who: WebUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, WebError> {
+    devices::require(&state.store, &id).await?;
+    let recent = telemetry::recent(&state.store, &state.catalog, &id, now_ms()).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(recent))
 }
 
 async fn act(

@@ -54,6 +54,11 @@ impl Nav {
         }
     }
 
+    /// Cache-busting tag of any embedded asset (empty for an unknown name).
+    pub fn asset_tag(&self, name: &str) -> String {
+        super::assets::etag(name).unwrap_or_default()
+    }
+
     /// True for operators and admins (shows controls that change the fleet).
     pub fn can_operate(&self) -> bool {
         self.role >= Role::Operator

@@ -7,6 +7,7 @@ use askama::Template;
 use super::{Nav, WebError, html};
 use crate::http::AppState;
 use crate::http::auth::WebUser;
+use crate::identity::devices::{self, PresenceCounts};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(overview)
@@ -22,17 +23,20 @@ struct OverviewPage {
     devices: i64,
     accepted: i64,
     pending: i64,
+    presence: PresenceCounts,
     backend: &'static str,
 }
 
 #[get("/")]
 async fn overview(state: web::Data<AppState>, who: WebUser) -> Result<HttpResponse, WebError> {
-    let counts = crate::identity::devices::count_by_status(&state.store).await?;
+    let counts = devices::count_by_status(&state.store).await?;
+    let presence = devices::count_by_presence(&state.store).await?;
     html(&OverviewPage {
         nav: Nav::new(&who, "overview"),
         devices: counts.values().sum(),
         accepted: counts.get("accepted").copied().unwrap_or(0),
         pending: counts.get("pending").copied().unwrap_or(0),
+        presence,
         backend: state.store.backend(),
     })
 }

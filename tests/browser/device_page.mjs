@@ -1,0 +1,251 @@
+// The dashboard in a real Chromium: sign in through the login form (changing
+// a one-time password when the server asks), then check a device's latest
+// values and its uPlot charts, the empty and missing cases, and the
+// overview's presence counts, with no console errors or CSP violations.
+//
+// Started by tests/e2e/browser.rs, which runs a real server and sends real
+// telemetry first. Input (environment):
+//   DROVER_BASE_URL      http://127.0.0.1:PORT
+//   DROVER_USERNAME, DROVER_PASSWORD, DROVER_NEW_PASSWORD (used if the server
+//                        asks for a new password)
+//   DROVER_EXPECT        JSON: {live:{id,name,latest:{metric:value},versions:[text],charts:[metric]},
+//                        quiet:{id,latest:{metric:value}}, never:{id},
+//                        overview:{total,accepted,online,offline,never}}
+//   DROVER_CHROMIUM      the browser (default /usr/bin/chromium)
+//   DROVER_BROWSER_OUT   a directory for screenshots (optional)
+// Exits 0 when every check holds; otherwise prints each failure and exits 1.
+
+import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const env = (name, fallback) => {
+  const v = process.env[name] ?? fallback;
+  if (v === undefined || v === "") {
+    console.error(`device_page.mjs: set ${name} (see the comment at the top of this file)`);
+    process.exit(2);
+  }
+  return v;
+};
+
+const base = env("DROVER_BASE_URL");
+const username = env("DROVER_USERNAME");
+const password = env("DROVER_PASSWORD");
+const newPassword = process.env.DROVER_NEW_PASSWORD ?? "";
+const expect = JSON.parse(env("DROVER_EXPECT"));
+const executablePath = env("DROVER_CHROMIUM", "/usr/bin/chromium");
+const out = process.env.DROVER_BROWSER_OUT ?? "";
+
+const failures = [];
+let checks = 0;
+function check(ok, what, detail) {
+  checks += 1;
+  if (ok) {
+    console.log(`ok   ${what}`);
+  } else {
+    failures.push(`${what}${detail === undefined ? "" : `: ${detail}`}`);
+    console.log(`FAIL ${what}${detail === undefined ? "" : `: ${detail}`}`);
+  }
+}
+// Deep equality that ignores the order of object keys.
+const canonical = (v) =>
+  Array.isArray(v) ? v.map(canonical)
+    : v && typeof v === "object" ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical(v[k])]))
+      : v;
+const same = (a, b) => JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
+
+// Problems the page reports on its own, collected for the whole run.
+const consoleErrors = [];
+const dialogs = [];
+const badResponses = [];
+
+// A fresh profile per launch, so parallel runs share nothing.
+const profile = mkdtempSync(join(tmpdir(), "drover-chromium-"));
+let context;
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+    viewport: { width: 1280, height: 900 },
+  });
+  // CSP violations also reach the console, but this names the directive.
+  await context.addInitScript(() => {
+    document.addEventListener("securitypolicyviolation", (e) => {
+      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`);
+    });
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(15_000);
+  page.on("console", (m) => {
+    if (m.type() !== "error") return;
+    // Chromium logs the 404 of the unknown-device page we open on purpose.
+    const missing = `/devices/${expect.missing}`;
+    if (new URL(m.location().url || page.url(), base).pathname === missing && m.text().includes("404")) return;
+    consoleErrors.push(`${m.location().url || page.url()}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => consoleErrors.push(`${page.url()}: uncaught ${e.message}`));
+  page.on("dialog", (d) => {
+    dialogs.push(d.message());
+    d.dismiss().catch(() => {});
+  });
+  page.on("response", (r) => {
+    const expected404 = new URL(r.url()).pathname === `/devices/${expect.missing}`;
+    if (r.status() >= 400 && !expected404) badResponses.push(`${r.status()} ${r.url()}`);
+  });
+  const shot = async (name) => {
+    if (!out) return;
+    mkdirSync(out, { recursive: true });
+    await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
+  };
+
+  await signIn(page);
+  await livePage(page, shot);
+  await quietPages(page);
+  await overview(page, shot);
+} catch (e) {
+  failures.push(`the run stopped: ${e instanceof Error ? e.stack : e}`);
+} finally {
+  if (context) await context.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+
+check(consoleErrors.length === 0, "no console errors or CSP violations", consoleErrors.join("\n  "));
+check(dialogs.length === 0, "no dialogs opened (markup from device data never runs)", dialogs.join(", "));
+check(badResponses.length === 0, "no failed requests", badResponses.join(", "));
+
+if (failures.length > 0) {
+  console.error(`\n${failures.length} of ${checks} browser checks failed:\n- ${failures.join("\n- ")}`);
+  process.exit(1);
+}
+console.log(`\nall ${checks} browser checks passed`);
+
+async function signIn(page) {
+  await page.goto(`${base}/login`);
+  await page.fill("#username", username);
+  await page.fill("#password", password);
+  await Promise.all([page.waitForURL((u) => !u.pathname.startsWith("/login")), page.click("button[type=submit]")]);
+  if (new URL(page.url()).pathname === "/account") {
+    check(newPassword !== "", "the server asks for a new password and one was given");
+    await page.fill("#current_password", password);
+    await page.fill("#new_password", newPassword);
+    await page.fill("#confirm_password", newPassword);
+    await Promise.all([page.waitForURL((u) => u.search.includes("done=password")), page.click("form[action='/account/password'] button[type=submit]")]);
+  }
+  const res = await page.goto(`${base}/`);
+  check(res?.status() === 200, "signed in: the overview answers 200", res?.status());
+}
+
+async function livePage(page, shot) {
+  const live = expect.live;
+  const res = await page.goto(`${base}/devices/${live.id}`);
+  check(res?.status() === 200, "the device page answers 200", res?.status());
+  check((await page.textContent("h1"))?.trim() === live.name, "the device's name is shown as text", await page.textContent("h1"));
+
+  const rows = await page.$$eval("#latest tbody tr", (trs) =>
+    trs.map((tr) => Array.from(tr.querySelectorAll("td"), (td) => td.textContent.trim())),
+  );
+  const shown = Object.fromEntries(rows.map(([metric, value]) => [metric, value]));
+  check(same(shown, live.latest), "the latest-values table shows each metric's newest reading", `${JSON.stringify(shown)} != ${JSON.stringify(live.latest)}`);
+  for (const row of rows) {
+    check(/ago|just now/.test(row[2]), `"when" of ${row[0]} reads as an age`, row[2]);
+    for (const v of live.versions) {
+      check(row[3].includes(v), `versions of ${row[0]} include "${v}"`, row[3]);
+    }
+  }
+  check((await page.$$("#latest img, #latest script")).length === 0, "markup in version names stays text");
+
+  const health = await page.$$eval("#health dt", (dts) =>
+    Object.fromEntries(dts.map((dt) => [dt.textContent.trim(), dt.nextElementSibling?.textContent.trim() ?? ""])),
+  );
+  for (const [key, value] of Object.entries(live.health)) {
+    check(health[key] === value, `health shows ${key}`, `${JSON.stringify(health[key])} != ${JSON.stringify(value)}`);
+  }
+
+  // The charts: one figure per metric, each with a drawn canvas.
+  await page.waitForFunction(
+    (n) => document.querySelectorAll("#charts .uplot canvas").length >= n,
+    live.charts.length,
+  ).catch(() => {});
+  const charts = await page.$$eval("#charts figure.chart", (figs) =>
+    figs.map((f) => {
+      const canvas = f.querySelector(".uplot canvas");
+      let inked = 0;
+      if (canvas) {
+        const ctx = canvas.getContext("2d");
+        const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+        for (let i = 3; i < data.length; i += 4) if (data[i] > 0) inked += 1;
+      }
+      const box = canvas?.getBoundingClientRect();
+      return {
+        metric: f.querySelector("figcaption code")?.textContent ?? "",
+        width: box?.width ?? 0,
+        height: box?.height ?? 0,
+        inked,
+      };
+    }),
+  );
+  check(same(charts.map((c) => c.metric), live.charts), "one uPlot chart per metric, by name", JSON.stringify(charts.map((c) => c.metric)));
+  for (const c of charts) {
+    check(c.width > 100 && c.height > 50, `the chart of ${c.metric} has a size`, `${c.width}x${c.height}`);
+    check(c.inked > 500, `the chart of ${c.metric} drew something`, `${c.inked} painted pixels`);
+  }
+  const status = await page.$eval("#charts [data-charts-status]", (el) => (el.hidden ? "" : el.textContent));
+  check(status === "", "no chart status message is left showing", status);
+  await shot("device");
+}
+
+async function quietPages(page) {
+  // A device whose only reading is older than the charted hour.
+  const quiet = expect.quiet;
+  await page.goto(`${base}/devices/${quiet.id}`);
+  const rows = await page.$$eval("#latest tbody tr", (trs) =>
+    trs.map((tr) => Array.from(tr.querySelectorAll("td"), (td) => td.textContent.trim())),
+  );
+  check(same(Object.fromEntries(rows.map(([m, v]) => [m, v])), quiet.latest), "an old reading is still the latest value", JSON.stringify(rows));
+  check((await page.textContent("#no-recent"))?.includes("No readings in the last hour"), "an hour without readings says so");
+  check((await page.$$("#charts")).length === 0, "and draws no chart");
+
+  // A device that never sent anything.
+  await page.goto(`${base}/devices/${expect.never.id}`);
+  check((await page.textContent("#no-readings"))?.includes("no readings yet"), "a silent device says it sent no readings yet");
+  check((await page.textContent("#no-recent"))?.includes("No readings in the last hour"), "and that the last hour is empty");
+
+  // A device that does not exist gets the dashboard's 404 page.
+  const res = await page.goto(`${base}/devices/${expect.missing}`);
+  check(res?.status() === 404, "an unknown device answers 404", res?.status());
+  check((await page.textContent("h1"))?.includes("Not Found"), "with the error page", await page.textContent("h1"));
+}
+
+async function overview(page, shot) {
+  const want = expect.overview;
+  await page.goto(`${base}/`);
+  const n = async (id) => Number((await page.textContent(`#${id} .n`))?.trim());
+  const got = {
+    total: await n("devices-total"),
+    accepted: await n("devices-accepted"),
+    online: await n("presence-online"),
+    offline: await n("presence-offline"),
+    never: await n("presence-never"),
+  };
+  check(same(got, want), "the overview counts devices by presence", `${JSON.stringify(got)} != ${JSON.stringify(want)}`);
+  await shot("overview");
+  // Each count links to the device list filtered the same way.
+  for (const [presence, name] of [["online", expect.live.name], ["offline", expect.quiet.name], ["never", expect.never.name]]) {
+    await page.goto(`${base}/`);
+    await Promise.all([page.waitForURL((u) => u.pathname === "/devices"), page.click(`#presence-${presence}`)]);
+    const names = await page.$$eval("table tbody tr td:first-child a", (as) => as.map((a) => a.textContent.trim()));
+    check(same(names, [name]), `the ${presence} count links to a list of exactly those devices`, JSON.stringify(names));
+    check((await page.$eval("#f-presence", (s) => s.value)) === presence, `the list's presence filter shows ${presence}`);
+  }
+}

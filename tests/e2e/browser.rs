@@ -1,0 +1,215 @@
+//! The dashboard in a real Chromium (Debian's `chromium`, driven by
+//! playwright-core from tests/browser): a real server, devices that send real
+//! telemetry over MQTT, and a script that signs in through the login form
+//! and checks the device page and the overview as a person would see them.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use drover_tests::{EnrolledDevice, TestApp, mqtt_connect, spawn_app, wait_until};
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// Fails (never skips) when the browser side is not installed, naming the fix.
+fn require_browser_tools() -> PathBuf {
+    let chromium = std::env::var("DROVER_CHROMIUM").unwrap_or_else(|_| CHROMIUM.to_string());
+    let dir = browser_dir();
+    let mut missing = Vec::new();
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        missing.push("playwright-core: run `npm ci --prefix tests/browser`".to_string());
+    }
+    if !Path::new(&chromium).is_file() {
+        missing.push(format!(
+            "{chromium}: install Chromium with `apt-get install -y chromium` (or set DROVER_CHROMIUM)"
+        ));
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        missing.push("node: install Node.js (`apt-get install -y nodejs npm`)".to_string());
+    }
+    assert!(
+        missing.is_empty(),
+        "the browser tests need what is missing here:\n  {}\n(.ci/run installs both; see the README's Tests section)",
+        missing.join("\n  ")
+    );
+    PathBuf::from(chromium)
+}
+
+async fn rename(app: &TestApp, admin: &str, id: &str, name: &str) {
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/devices/{id}")))
+        .bearer_auth(admin)
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .expect("rename");
+    assert_eq!(res.status(), 200, "rename {id}");
+}
+
+/// Connects a device over MQTT and keeps its event loop running.
+async fn connect(app: &TestApp, d: &EnrolledDevice) -> AsyncClient {
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, d))
+        .await
+        .expect("connects");
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+}
+
+async fn publish(client: &AsyncClient, d: &EnrolledDevice, topic: &str, body: Value) {
+    client
+        .publish(d.topic(topic), QoS::AtLeastOnce, false, body.to_string())
+        .await
+        .expect("publish");
+}
+
+async fn stored(app: &TestApp, admin: &str, id: &str, metric: &str) -> usize {
+    let body: Value = app
+        .get(
+            admin,
+            &format!("/api/v1/devices/{id}/telemetry?metric={metric}&from=0"),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    body["points"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_page_charts_real_telemetry_in_chromium() {
+    let chromium = require_browser_tools();
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+
+    // Three accepted devices: one sending now, one heard from two hours ago
+    // and gone offline since, one never heard from.
+    let live = app.enrolled_device(&admin).await;
+    let quiet = app.enrolled_device(&admin).await;
+    let never = app.enrolled_device(&admin).await;
+    // Names and version names with markup: the page must show them as text.
+    let live_name = "Press <1> & \"A\"";
+    rename(&app, &admin, &live.id, live_name).await;
+    rename(&app, &admin, &quiet.id, "quiet-one").await;
+    rename(&app, &admin, &never.id, "never-seen").await;
+
+    let now = now_ms();
+    let odd = "model.conf-score_v2";
+    // Thirty readings two minutes apart, the newest a few seconds ago.
+    let batch: Vec<Value> = (0..30i64)
+        .map(|i| {
+            let age = (29 - i) * 120_000 + 5_000;
+            json!({"seq": i + 1, "ts": now - age, "metrics": {
+                "temp_c": 40.0 + i as f64 / 4.0,
+                odd: 0.5 + i as f64 / 8.0,
+            }})
+        })
+        .collect();
+    let c = connect(&app, &live).await;
+    publish(
+        &c,
+        &live,
+        "telemetry",
+        json!({"epoch": "e1", "versions": {"model": "1.2.0", "<img src=x onerror=alert(1)>": "2.0.0"}, "batch": batch}),
+    )
+    .await;
+    publish(&c, &live, "health", json!({"ts": now, "uptime_s": 93_784, "cpu_pct": 12.5, "mem_used": 536_870_912u64, "mem_total": 2_147_483_648u64,
+        "disk_free": 1_073_741_824u64, "temp_c": 47.3, "installed": [{"name": "detector", "kind": "model", "version": "1.2.0"}],
+        "spool_depth": 2, "spool_dropped": 0, "update_state": null}))
+    .await;
+
+    let q = connect(&app, &quiet).await;
+    publish(
+        &q,
+        &quiet,
+        "telemetry",
+        json!({"epoch": "e2", "versions": {}, "seq": 1, "ts": now - 2 * 3_600_000, "metrics": {"temp_c": 21.5}}),
+    )
+    .await;
+
+    let all_stored = wait_until(Duration::from_secs(20), || async {
+        stored(&app, &admin, &live.id, "temp_c").await == 30
+            && stored(&app, &admin, &live.id, odd).await == 30
+            && stored(&app, &admin, &quiet.id, "temp_c").await == 1
+    })
+    .await;
+    assert!(all_stored, "the readings reach the store");
+    // Its own state message takes the quiet device offline, as an agent's last will would.
+    publish(
+        &q,
+        &quiet,
+        "state",
+        json!({"online": false, "ts": now_ms()}),
+    )
+    .await;
+    let presence = wait_until(Duration::from_secs(10), || async {
+        app.device(&admin, &live.id).await["online"] == true
+            && app.device(&admin, &quiet.id).await["online"] == false
+    })
+    .await;
+    assert!(presence, "one device online, one offline");
+
+    let expect = json!({
+        "live": {
+            "id": live.id,
+            "name": live_name,
+            "latest": {"temp_c": "47.25", odd: "4.125"},
+            "versions": ["model 1.2.0", "<img src=x onerror=alert(1)> 2.0.0"],
+            "charts": [odd, "temp_c"],
+            "health": {"CPU": "12.5 %", "Memory": "512.0 MiB of 2.0 GiB (25 %)", "Temperature": "47.3 °C",
+                       "Uptime": "1 d 2 h", "Spool": "2 waiting", "Installed": "detector 1.2.0 (model)"},
+        },
+        "quiet": {"id": quiet.id, "name": "quiet-one", "latest": {"temp_c": "21.5"}},
+        "never": {"id": never.id, "name": "never-seen"},
+        "missing": "NoSuchDevice",
+        "overview": {"total": 3, "accepted": 3, "online": 1, "offline": 1, "never": 1},
+    });
+    let out = std::env::var("DROVER_BROWSER_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| app.scratch().join("browser"));
+    let script = browser_dir().join("device_page.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .current_dir(browser_dir())
+        .env("DROVER_BASE_URL", &app.base)
+        .env("DROVER_USERNAME", "admin")
+        .env("DROVER_PASSWORD", &app.admin_password)
+        .env("DROVER_NEW_PASSWORD", "a-password-of-my-own")
+        .env("DROVER_EXPECT", expect.to_string())
+        .env("DROVER_CHROMIUM", &chromium)
+        .env("DROVER_BROWSER_OUT", &out)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser script finishes within two minutes")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "{} exited with {}:\n{stdout}\n{stderr}",
+        script.display(),
+        output.status
+    );
+}
