@@ -36,6 +36,44 @@ enum Command {
     /// Manage enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Bundle signing keys and the root key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Trust documents signed offline.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the signing keys the trust document names.
+    List,
+    /// Add a signing key and retire the active one.
+    Rotate,
+    /// Revoke a signing key: agents that take the next trust document refuse what it signed.
+    Revoke {
+        /// The key id (hex sha256 of its public key), as `drover keys list` shows it.
+        keyid: String,
+    },
+    /// Move the root key out of the data directory (offline-root mode).
+    ExportRoot {
+        /// Where to write the root key (a new file, mode 0600); keep it offline.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// Sign a trust document with the root key offline and print its envelope.
+    Sign {
+        /// A root key file (PKCS#8 PEM); give two, old and new, for a root change.
+        #[arg(long = "root-key", value_name = "FILE", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// The trust document JSON (e.g. the draft `drover keys rotate` wrote).
+        #[arg(long, value_name = "FILE")]
+        document: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +168,11 @@ pub fn main() -> ExitCode {
                 tags,
                 approval,
             }) => create_token(settings, uses, &expires, device_types, &tags, approval).await,
+            Command::Keys(command) => keys_command(settings, command).await,
+            Command::Trust(TrustCommand::Sign {
+                root_keys,
+                document,
+            }) => trust_sign(&root_keys, &document),
         }
     });
     match result {
@@ -399,4 +442,93 @@ fn device_url(settings: &Settings) -> String {
         port = bound.port();
     }
     format!("https://{host}:{port}")
+}
+
+async fn keys_command(settings: Settings, command: KeysCommand) -> Result<(), Failure> {
+    use crate::keys::{self, Change, Keyring};
+    let keyring = Keyring::load_or_create(
+        &settings.data_dir,
+        settings.ca_passphrase.as_ref().map(|p| p.0.as_str()),
+    )?;
+    if let KeysCommand::ExportRoot { out } = &command {
+        let id = keyring.export_root(out)?;
+        println!(
+            "the root key {id} is now only in {}; keep it offline. From now on sign trust \
+             changes with `drover trust sign --root-key {} --document FILE` and publish them \
+             with POST /api/v1/trust",
+            out.display(),
+            out.display()
+        );
+        return Ok(());
+    }
+    let store = Store::connect(&settings.database_url).await?;
+    store.migrate().await?;
+    if keys::current_trust(&store).await?.is_none() {
+        store.close().await;
+        return Err(Failure {
+            code: 1,
+            message: "there is no trust document yet; start the server once (`drover serve`) \
+                      so it creates the keys and the first one"
+                .into(),
+        });
+    }
+    let report = |change: Change| match change {
+        Change::Published(envelope) => {
+            let version = drover_proto::TrustDocument::from_json(envelope.payload())
+                .map(|d| d.version)
+                .unwrap_or_default();
+            println!("trust document version {version} is published; agents fetch it when told");
+        }
+        Change::NeedsRootSignature { path, .. } => println!(
+            "the root key is offline: sign {} with `drover trust sign --root-key ROOT \
+             --document {}` and POST the envelope to /api/v1/trust",
+            path.display(),
+            path.display()
+        ),
+    };
+    let result = match command {
+        KeysCommand::List => keys::list(&store, &keyring).await.map(|keys| {
+            println!("{:<64}  {:<8}  {:<5}  kinds", "keyid", "status", "here");
+            for k in keys {
+                let kinds = if k.kinds.is_empty() {
+                    "all".to_string()
+                } else {
+                    k.kinds.join(",")
+                };
+                let here = if k.held_here { "yes" } else { "no" };
+                println!("{:<64}  {:<8}  {:<5}  {kinds}", k.keyid, k.status, here);
+            }
+        }),
+        KeysCommand::Rotate => {
+            let result = keys::rotate(&store, &keyring).await;
+            audit::record_result(&store, &Actor::cli(), "keys.rotate", None, result)
+                .await
+                .map(|(change, id)| {
+                    println!("created signing key {id}");
+                    report(change);
+                })
+        }
+        KeysCommand::Revoke { keyid } => {
+            let result = keys::revoke(&store, &keyring, &keyid).await;
+            audit::record_result(&store, &Actor::cli(), "keys.revoke", Some(&keyid), result)
+                .await
+                .map(|change| {
+                    println!("revoked {keyid}");
+                    report(change);
+                })
+        }
+        KeysCommand::ExportRoot { .. } => Ok(()),
+    };
+    store.close().await;
+    result.map_err(Failure::from)
+}
+
+fn trust_sign(root_keys: &[PathBuf], document: &std::path::Path) -> Result<(), Failure> {
+    let bytes = std::fs::read(document).map_err(|e| Failure {
+        code: 2,
+        message: format!("--document {}: {e}", document.display()),
+    })?;
+    let envelope = crate::keys::sign_offline(&bytes, root_keys)?;
+    println!("{}", envelope.to_json());
+    Ok(())
 }

@@ -114,6 +114,39 @@ pub fn decrypt_key_pem(pem: &str, passphrase: &str) -> Result<String, String> {
         .map_err(|e| format!("encoding failed: {e}"))
 }
 
+/// Decrypts a protected key file's PEM, or protects a plain one in place when
+/// a passphrase is configured (`ca_passphrase` covers every key the server holds).
+pub fn unlock_key_pem(
+    path: &Path,
+    pem: String,
+    passphrase: Option<&str>,
+) -> crate::error::Result<String> {
+    use crate::error::Error;
+    let name = path.display();
+    match (is_encrypted_pem(&pem), passphrase) {
+        (true, Some(pass)) => decrypt_key_pem(&pem, pass).map_err(|e| {
+            Error::invalid(
+                "ca_passphrase",
+                format!(
+                    "{name}: {e}; set DROVER_CA_PASSPHRASE to the passphrase it was protected with"
+                ),
+            )
+        }),
+        (true, None) => Err(Error::invalid(
+            "ca_passphrase",
+            format!("{name} is protected by a passphrase; set DROVER_CA_PASSPHRASE"),
+        )),
+        (false, Some(pass)) => {
+            let locked = encrypt_key_pem(&pem, pass)
+                .map_err(|e| Error::Internal(format!("protecting {name}: {e}")))?;
+            write_private(path, locked.as_bytes())
+                .map_err(|e| Error::Internal(format!("writing {name}: {e}")))?;
+            Ok(pem)
+        }
+        (false, None) => Ok(pem),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

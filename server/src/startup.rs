@@ -235,7 +235,10 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         &data_dir,
         settings.ca_passphrase.as_ref().map(|p| p.0.as_str()),
     )?);
-    let keyring = Arc::new(Keyring::load_or_create(&data_dir)?);
+    let keyring = Arc::new(Keyring::load_or_create(
+        &data_dir,
+        settings.ca_passphrase.as_ref().map(|p| p.0.as_str()),
+    )?);
     keys::ensure_trust(&store, &keyring, ca.cert_pem()).await?;
     let revoked = Arc::new(RevokedSerials::default());
     revoked.replace(devices::revoked_serials(&store).await?);
@@ -390,6 +393,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         tokio::spawn(reload_revocations(store.clone(), revoked)),
         mqtt_task,
         ingest_task,
+        tokio::spawn(keys::announce(store.clone(), mqtt.clone())),
         tokio::spawn(crate::telemetry::retention::run(
             store.clone(),
             crate::telemetry::retention::Retention {

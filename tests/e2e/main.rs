@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod dashboard;
 mod identity;
+mod keys;
 mod mosquitto;
 mod mqtt;
 mod ops;

@@ -108,7 +108,7 @@ impl FleetCa {
             std::fs::write(&cert_path, cert.pem()).map_err(|e| pki_err("writing pki/ca.crt", e))?;
             (cert.pem(), key_pem)
         };
-        let key_pem = unlock(&key_path, key_pem, passphrase)?;
+        let key_pem = crate::secrets::unlock_key_pem(&key_path, key_pem, passphrase)?;
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|e| pki_err("pki/ca.key is not a usable key", e))?;
         let cert_der =
@@ -355,32 +355,6 @@ impl FleetCa {
             return false;
         };
         cert.verify_signature(Some(ca.public_key())).is_ok()
-    }
-}
-
-/// Decrypts a protected key, or protects a plain one in place when a passphrase is configured.
-fn unlock(path: &Path, pem: String, passphrase: Option<&str>) -> Result<String> {
-    let name = path.display();
-    match (crate::secrets::is_encrypted_pem(&pem), passphrase) {
-        (true, Some(pass)) => crate::secrets::decrypt_key_pem(&pem, pass).map_err(|e| {
-            Error::invalid(
-                "ca_passphrase",
-                format!(
-                    "{name}: {e}; set DROVER_CA_PASSPHRASE to the passphrase it was protected with"
-                ),
-            )
-        }),
-        (true, None) => Err(Error::invalid(
-            "ca_passphrase",
-            format!("{name} is protected by a passphrase; set DROVER_CA_PASSPHRASE"),
-        )),
-        (false, Some(pass)) => {
-            let locked = crate::secrets::encrypt_key_pem(&pem, pass)
-                .map_err(|e| pki_err("protecting the CA key", e))?;
-            write_private(path, locked.as_bytes()).map_err(|e| pki_err("writing pki/ca.key", e))?;
-            Ok(pem)
-        }
-        (false, None) => Ok(pem),
     }
 }
 

@@ -405,6 +405,13 @@ pub async fn latest_certificates(
     Ok(out)
 }
 
+/// Ids of every accepted device (those that may connect).
+pub async fn accepted_ids(store: &Store) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = on_store!(store, pool => sqlx::query_as(
+        "SELECT id FROM devices WHERE status = 'accepted' ORDER BY id").fetch_all(pool).await)?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// How many devices have each status.
 pub async fn count_by_status(store: &Store) -> Result<std::collections::BTreeMap<String, i64>> {
     let rows: Vec<(String, i64)> = on_store!(store, pool => sqlx::query_as(

@@ -5,6 +5,7 @@
 mod audit;
 mod devices;
 mod enrollment;
+mod keys;
 mod telemetry;
 pub use self::audit::AuditQuery;
 pub use self::devices::DeviceQuery;
@@ -72,6 +73,7 @@ pub fn scope() -> Scope<
         .configure(enrollment::routes)
         .configure(devices::routes)
         .configure(telemetry::routes)
+        .configure(keys::routes)
         .default_service(web::to(api_not_found))
 }
 

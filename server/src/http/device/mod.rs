@@ -263,7 +263,9 @@ async fn enroll(
         ca_pem: identity.ca.cert_pem().to_string(),
         mqtt_url: identity.mqtt_url.clone(),
         trust_envelope,
-        root_public_key: identity.keys.root_public().to_base64(),
+        root_public_key: keys::root_public(&identity.store, &identity.keys)
+            .await?
+            .to_base64(),
     };
     let status = if enrolled.created {
         StatusCode::CREATED
