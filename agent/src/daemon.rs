@@ -1,13 +1,14 @@
 //! `drover-agent run`: the daemon. Validates `agent.toml`, keeps the device's identity alive,
-//! serves the local intake (socket, and HTTP when configured), and publishes spooled readings and
-//! health over MQTT, until SIGTERM or Ctrl-C: then it says `{"online":false}` (best effort),
-//! removes its socket and exits 0. The update engine joins it here.
+//! serves the local intake (socket, and HTTP when configured), publishes spooled readings and
+//! health over MQTT and acts on the server's commands (`refresh_trust` for now), until SIGTERM or
+//! Ctrl-C: then it says `{"online":false}` (best effort), removes its socket and exits 0. The
+//! update engine joins it here.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_proto::Epoch;
-use tokio::sync::{Notify, watch};
+use drover_proto::{Command, Epoch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::AgentConfig;
 use crate::device_api::ServerUrl;
@@ -18,7 +19,10 @@ use crate::report::intake::{self, Intake};
 use crate::report::publisher::{Publisher, PublisherConfig};
 use crate::report::spool::{SPOOL_DIR, Spool};
 use crate::state::{CONFIG_FILE, StateDir};
+use crate::trust::{self, Taken};
 
+/// Commands received and not yet acted on.
+const COMMAND_QUEUE: usize = 16;
 /// How long a stopping agent waits for the publisher's goodbye.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -70,6 +74,7 @@ pub async fn run(state: &StateDir) -> Result<()> {
         }
         None => None,
     };
+    let (commands_in, commands) = mpsc::channel(COMMAND_QUEUE);
     let publisher = Publisher::new(
         PublisherConfig {
             state: state.clone(),
@@ -80,6 +85,7 @@ pub async fn run(state: &StateDir) -> Result<()> {
         },
         spool,
         spooled,
+        commands_in,
     );
     let (stop_publisher, stopping) = watch::channel(false);
     let publishing = tokio::spawn(publisher.run(stopping));
@@ -104,6 +110,7 @@ pub async fn run(state: &StateDir) -> Result<()> {
         () = keeper.keep_alive(crate::now) => {}
         () = intake::serve_socket(listener, intake, now_ms) => {}
         () = http_intake => {}
+        () = serve_commands(state.clone(), commands) => {}
         signal = stop => tracing::info!(signal, "stopping"),
     }
     let _ = stop_publisher.send(true);
@@ -117,6 +124,31 @@ pub async fn run(state: &StateDir) -> Result<()> {
         tracing::debug!(error = %e, "cannot remove the intake socket");
     }
     Ok(())
+}
+
+/// Acts on the server's commands, one at a time; never returns while `run` lives.
+async fn serve_commands(state: StateDir, mut commands: mpsc::Receiver<Command>) {
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::RefreshTrust => match trust::refresh(&state, crate::now).await {
+                Ok(Taken::Updated {
+                    from,
+                    to,
+                    root_changed,
+                }) => tracing::info!(from, to, root_changed, "took a new trust document"),
+                Ok(Taken::Unchanged { version }) => {
+                    tracing::info!(version, "the trust document is current")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "kept the held trust document");
+                }
+            },
+            other => {
+                tracing::info!(command = ?other, "no handler yet; the update engine will act on it")
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// The device clock in milliseconds since the Unix epoch.

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use drover_proto::{
-    CaResponse, CertificateResponse, EnrollRequest, EnrollResponse, RecoverRequest, RenewRequest,
+    CaResponse, CertificateResponse, EnrollRequest, EnrollResponse, Envelope, RecoverRequest,
+    RenewRequest,
 };
 use reqwest::{Certificate, Client, Identity, Method, StatusCode, Url, redirect};
 use serde::Serialize;
@@ -17,6 +18,9 @@ use crate::error::{Error, Result};
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest one payload download may run; a stalled one is caught sooner by the reader's own
+/// per-chunk timeout, and resumes where it stopped.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Longest server-provided text quoted in an error.
 const MAX_DETAIL_CHARS: usize = 300;
 
@@ -145,6 +149,49 @@ impl DeviceApi {
             .await
     }
 
+    /// `GET /device/v1/trust` (needs a client certificate): the current trust document envelope.
+    pub async fn trust(&self) -> Result<Envelope> {
+        call(
+            &self.client,
+            &self.server,
+            Method::GET,
+            "/device/v1/trust",
+            None::<&()>,
+            "fetching the trust document",
+        )
+        .await
+    }
+
+    /// Starts `GET` of a payload at `path` (relative to the device API, as an update offer gives
+    /// it) from byte `from` on: a `Range: bytes=FROM-` request when `from` > 0. The caller judges
+    /// the status and reads the body; `what` names the download in errors.
+    pub async fn get_payload(
+        &self,
+        path: &str,
+        from: u64,
+        what: &'static str,
+    ) -> Result<reqwest::Response> {
+        if !path.starts_with('/') || path.starts_with("//") || path.split('/').any(|s| s == "..") {
+            return Err(Error::BadAnswer {
+                what,
+                reason: format!(
+                    "the payload url `{}` is not a path on the device API",
+                    one_line(path)
+                ),
+            });
+        }
+        let url = self.server.endpoint(path);
+        let mut request = self.client.get(&url).timeout(DOWNLOAD_TIMEOUT);
+        if from > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        request.send().await.map_err(|e| Error::Unreachable {
+            what,
+            url: url.clone(),
+            cause: causes(&e.without_url()),
+        })
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -160,6 +207,25 @@ impl DeviceApi {
             what,
         )
         .await
+    }
+}
+
+impl DeviceApi {
+    /// A plain-HTTP client for `base` (`http://127.0.0.1:PORT`), for the download tests' local
+    /// server only: it exists in test builds alone.
+    #[cfg(test)]
+    pub(crate) fn plain_http_for_tests(base: &str) -> DeviceApi {
+        let url = Url::parse(base).expect("a test server URL");
+        DeviceApi {
+            server: ServerUrl {
+                text: base.trim_end_matches('/').to_owned(),
+                url,
+            },
+            client: Client::builder()
+                .redirect(redirect::Policy::none())
+                .build()
+                .expect("a plain test client builds"),
+        }
     }
 }
 
@@ -248,7 +314,7 @@ pub fn problem_detail(status: StatusCode, body: &[u8]) -> String {
 }
 
 /// `text` on one line (whitespace runs collapsed) and at most `MAX_DETAIL_CHARS` long.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.chars().count() > MAX_DETAIL_CHARS {
         line = line.chars().take(MAX_DETAIL_CHARS).collect::<String>() + "…";
@@ -257,7 +323,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// An error and its chain of causes on one line, without repeats.
-fn causes(error: &dyn std::error::Error) -> String {
+pub(crate) fn causes(error: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(error);
     while let Some(e) = next {

@@ -268,6 +268,7 @@ pub async fn enroll(
         mqtt_topic_prefix: verified.mqtt_topic_prefix,
         root_public_key: *verified.trust.root(),
         enrolled_at: now(),
+        device_type: Some(options.device_type.clone()),
     };
     let record = serde_json::to_vec_pretty(&enrollment)
         .map_err(|e| Error::Crypto(format!("cannot encode enrollment.json: {e}")))?;

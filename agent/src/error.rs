@@ -80,6 +80,17 @@ pub enum Error {
     /// The process could not set itself up (runtime, signals).
     #[error("{0}")]
     Runtime(String),
+    /// A bundle (a `.drover` file or an offered update) failed a check; nothing was installed.
+    #[error("{} refused: {source}", .bundle.display())]
+    Bundle {
+        /// The bundle file, or what was offered.
+        bundle: PathBuf,
+        /// The check that failed.
+        source: crate::bundle::BundleError,
+    },
+    /// A trust document (from the server or a bundle file) was not taken; the held one stays.
+    #[error(transparent)]
+    Trust(#[from] drover_proto::TrustError),
 }
 
 impl Error {

@@ -3,6 +3,7 @@
 //! exit code follows the contract (2 usage or configuration, 1 otherwise).
 
 pub mod atomic_write;
+pub mod bundle;
 pub mod config;
 pub mod daemon;
 pub mod device_api;
@@ -12,6 +13,7 @@ pub mod identity;
 pub mod report;
 pub mod state;
 pub mod status;
+pub mod trust;
 
 pub use error::{Error, Result};
 

@@ -5,11 +5,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use drover_agent::config::AgentConfig;
 use drover_agent::enroll::{self, EnrollFlags, EnrollOptions, Outcome};
-use drover_agent::state::StateDir;
+use drover_agent::state::{CONFIG_FILE, StateDir};
 use drover_agent::status::Status;
-use drover_agent::{Error, daemon};
+use drover_agent::{Error, bundle, daemon};
 
 /// The Drover device agent: enrolls a device, keeps its certificate alive, reports health and
 /// telemetry, and applies verified updates.
@@ -49,6 +51,23 @@ enum Command {
         #[arg(value_name = "METRIC=VALUE", allow_hyphen_values = true)]
         readings: Vec<String>,
     },
+    /// Check a bundle file (.drover) with every check install makes, and install nothing: exit 0
+    /// and a summary when valid, 1 and the failed check otherwise.
+    Verify {
+        /// Check against this root public key (PEM, or base64 of the raw 32 bytes) instead of
+        /// the enrolled device's trust; device type and version are then not checked.
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+        /// The bundle file.
+        #[arg(value_name = "FILE.drover")]
+        file: PathBuf,
+    },
+    /// Install a bundle file (.drover) offline, through the same checks as verify.
+    Install {
+        /// The bundle file.
+        #[arg(value_name = "FILE.drover")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -80,12 +99,16 @@ struct EnrollCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => return usage_error(&e),
     };
+    let state_dir_given = matches.value_source("state_dir") == Some(ValueSource::CommandLine);
     init_logging(matches!(cli.command, Command::Run));
-    match execute(cli) {
+    match execute(cli, state_dir_given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("drover-agent: {e}");
@@ -94,7 +117,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(cli: Cli) -> Result<(), Error> {
+fn execute(cli: Cli, state_dir_given: bool) -> Result<(), Error> {
     let state = StateDir::new(cli.state_dir);
     match cli.command {
         Command::Status { json } => {
@@ -141,6 +164,31 @@ fn execute(cli: Cli) -> Result<(), Error> {
             let seq = drover_agent::report::intake::send(state.root(), &readings)?;
             println!("{seq}");
             Ok(())
+        }
+        Command::Verify { root_key, file } => {
+            let device = match root_key {
+                Some(_) if state_dir_given => {
+                    return Err(Error::Usage(
+                        "give either --state-dir (check against the enrolled device) or --root-key (check against a root key alone), not both".into(),
+                    ));
+                }
+                Some(path) => bundle::Device::away(&path)?,
+                None => bundle::Device::enrolled(&state).map_err(|e| match e {
+                    Error::NotEnrolled { state_dir } => Error::State(format!(
+                        "not enrolled (state directory {}): enroll this device first, or check the file against the fleet's root public key with --root-key FILE",
+                        state_dir.display()
+                    )),
+                    other => other,
+                })?,
+            };
+            let summary = bundle::verify(&file, &device, drover_agent::now())?;
+            print!("{}", summary.to_text());
+            Ok(())
+        }
+        Command::Install { file } => {
+            let config = AgentConfig::load(&state.file(CONFIG_FILE))?;
+            let device = bundle::Device::enrolled(&state)?;
+            bundle::install(&file, &device, &config, drover_agent::now())
         }
     }
 }

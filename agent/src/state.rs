@@ -7,9 +7,14 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
-use drover_proto::{DeviceId, Envelope, PublicKey, Timestamp, TrustStore};
+use std::collections::BTreeMap;
+
+use drover_proto::{
+    DeviceId, Envelope, InstalledBundle, PublicKey, Timestamp, TrustStore, Version,
+};
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_write::{PUBLIC, write_atomic};
 use crate::error::{Error, Result};
 use crate::identity::{DeviceCertificate, DeviceKey, certificate_der};
 
@@ -25,6 +30,10 @@ pub const TRUST_FILE: &str = "trust.json";
 pub const CONFIG_FILE: &str = "agent.toml";
 /// The enrollment record; its presence is the commit point of `enroll`.
 pub const ENROLLMENT_FILE: &str = "enrollment.json";
+/// Installed bundle versions and the newest signed time seen ([`Installed`]).
+pub const INSTALLED_FILE: &str = "installed.json";
+/// Payloads being downloaded (`SHA256.part`) or verified and waiting for an installer (`SHA256`).
+pub const STAGING_DIR: &str = "staging";
 
 /// What `enroll` learned, as stored in `enrollment.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,10 +48,62 @@ pub struct Enrollment {
     pub mqtt_url: String,
     /// The device's MQTT topic prefix, ending in `/`.
     pub mqtt_topic_prefix: String,
-    /// The pinned root key of the trust document.
+    /// The pinned root key of the trust document (replaced when a root change is accepted).
     pub root_public_key: PublicKey,
     /// When the enrollment completed.
     pub enrolled_at: Timestamp,
+    /// The device type claimed at enrollment, which bundles must list. Absent in records written
+    /// before bundles were verified on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
+}
+
+impl Enrollment {
+    /// The device type, or a state error saying how to record it.
+    pub fn require_device_type(&self, state: &StateDir) -> Result<&str> {
+        self.device_type.as_deref().ok_or_else(|| {
+            Error::State(format!(
+                "{} does not record this device's type (it was written by an older agent); add \"device_type\": \"TYPE\" with the type given at enrollment",
+                state.file(ENROLLMENT_FILE).display()
+            ))
+        })
+    }
+}
+
+/// What `installed.json` holds: the bundles installed, one per name, and the newest signed time
+/// this device has seen, below which its clock is never trusted for expiry checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Installed {
+    /// The latest `created_at` of a verified manifest or `issued_at` of a taken trust document.
+    pub signed_time_floor: Timestamp,
+    /// The committed version of each installed bundle name.
+    #[serde(default)]
+    pub bundles: Vec<InstalledBundle>,
+}
+
+impl Default for Installed {
+    fn default() -> Self {
+        Installed {
+            signed_time_floor: Timestamp::UNIX_EPOCH,
+            bundles: Vec::new(),
+        }
+    }
+}
+
+impl Installed {
+    /// The installed version of each bundle name, as the version check takes them.
+    pub fn versions(&self) -> BTreeMap<String, Version> {
+        self.bundles
+            .iter()
+            .map(|b| (b.name.to_string(), b.version.clone()))
+            .collect()
+    }
+
+    /// The device's effective clock: the later of `now` and the signed-time floor.
+    pub fn clock(&self, now: Timestamp) -> Timestamp {
+        now.max(self.signed_time_floor)
+    }
 }
 
 /// An enrolled device's state, loaded and cross-checked.
@@ -136,6 +197,38 @@ impl StateDir {
             .map_err(|e| self.damaged(CERT_FILE, &e))
     }
 
+    /// `enrollment.json` and the trust store it pins (`trust.json`, signatures re-checked), without
+    /// the key and certificate: what checking a bundle needs.
+    pub fn trust_store(&self) -> Result<(Enrollment, TrustStore)> {
+        let enrollment = self.require_enrollment()?;
+        let trust = self.read_trust(&enrollment)?;
+        Ok((enrollment, trust))
+    }
+
+    fn read_trust(&self, enrollment: &Enrollment) -> Result<TrustStore> {
+        let envelope = Envelope::from_json(self.read_required(TRUST_FILE)?.as_bytes())
+            .map_err(|e| self.damaged(TRUST_FILE, &e.to_string()))?;
+        TrustStore::restore(enrollment.root_public_key, &envelope)
+            .map_err(|e| self.damaged(TRUST_FILE, &e.to_string()))
+    }
+
+    /// `installed.json`; nothing installed yet (and an epoch floor) when it does not exist.
+    pub fn installed(&self) -> Result<Installed> {
+        match self.read_optional(INSTALLED_FILE)? {
+            None => Ok(Installed::default()),
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| self.damaged(INSTALLED_FILE, &e.to_string())),
+        }
+    }
+
+    /// Replaces `installed.json` atomically.
+    pub fn write_installed(&self, installed: &Installed) -> Result<()> {
+        let path = self.file(INSTALLED_FILE);
+        let bytes = serde_json::to_vec_pretty(installed)
+            .expect("installed.json is strings and lists and always serializes");
+        write_atomic(&path, &bytes, PUBLIC).map_err(|e| Error::io("write", &path, e))
+    }
+
     /// Everything an enrolled device has, each file parsed and checked against the others: the
     /// certificate is for our key and from the pinned CA, the trust document is signed by the root.
     pub fn load(&self) -> Result<Enrolled> {
@@ -148,10 +241,7 @@ impl StateDir {
         certificate
             .check_issued_for(&key, &ca_der)
             .map_err(|e| self.damaged(CERT_FILE, &e))?;
-        let envelope = Envelope::from_json(self.read_required(TRUST_FILE)?.as_bytes())
-            .map_err(|e| self.damaged(TRUST_FILE, &e.to_string()))?;
-        let trust = TrustStore::restore(enrollment.root_public_key, &envelope)
-            .map_err(|e| self.damaged(TRUST_FILE, &e.to_string()))?;
+        let trust = self.read_trust(&enrollment)?;
         Ok(Enrolled {
             enrollment,
             key,
@@ -173,7 +263,7 @@ impl StateDir {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::atomic_write::{PRIVATE, PUBLIC, write_atomic};
+    use crate::atomic_write::PRIVATE;
     use drover_proto::{SigningKey, TrustDocument};
 
     pub(crate) fn root_key() -> SigningKey {
@@ -205,6 +295,7 @@ pub(crate) mod tests {
             mqtt_topic_prefix: "drover/v1/devices/01JD3Z8Q5V6W7X8Y9Z0A1B2C3D/".into(),
             root_public_key: PublicKey::from(&root_key()),
             enrolled_at: Timestamp::parse("2024-11-22T18:00:00Z").unwrap(),
+            device_type: Some("rpi4".into()),
         }
     }
 
@@ -273,6 +364,7 @@ pub(crate) mod tests {
             keys,
             [
                 "device_id",
+                "device_type",
                 "enrolled_at",
                 "mqtt_topic_prefix",
                 "mqtt_url",
@@ -282,6 +374,47 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(value["enrolled_at"], "2024-11-22T18:00:00Z");
+    }
+
+    #[test]
+    fn an_older_enrollment_record_without_device_type_still_loads() {
+        let mut value = serde_json::to_value(enrollment()).unwrap();
+        value.as_object_mut().unwrap().remove("device_type");
+        let record: Enrollment = serde_json::from_value(value).unwrap();
+        assert_eq!(record.device_type, None);
+        let dir = tempfile::tempdir().unwrap();
+        let err = record
+            .require_device_type(&StateDir::new(dir.path()))
+            .unwrap_err();
+        assert!(err.to_string().contains("\"device_type\""), "{err}");
+    }
+
+    #[test]
+    fn installed_json_defaults_to_nothing_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        assert_eq!(state.installed().unwrap(), Installed::default());
+        let installed = Installed {
+            signed_time_floor: Timestamp::parse("2025-01-01T00:00:00Z").unwrap(),
+            bundles: vec![InstalledBundle {
+                name: drover_proto::SafeName::parse("detector").unwrap(),
+                kind: drover_proto::Kind::Model,
+                version: Version::parse("1.2.0").unwrap(),
+            }],
+        };
+        state.write_installed(&installed).unwrap();
+        assert_eq!(state.installed().unwrap(), installed);
+        assert_eq!(
+            installed.versions()["detector"],
+            Version::parse("1.2.0").unwrap()
+        );
+        assert_eq!(
+            installed.clock(Timestamp::UNIX_EPOCH),
+            installed.signed_time_floor
+        );
+        fs::write(state.file(INSTALLED_FILE), "{").unwrap();
+        let err = state.installed().unwrap_err().to_string();
+        assert!(err.contains("installed.json is damaged"), "{err}");
     }
 
     #[test]

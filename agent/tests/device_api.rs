@@ -627,6 +627,95 @@ async fn enrolled(server: &FakeServer, dir: &Path) -> (StateDir, Keeper) {
     (state, keeper)
 }
 
+/// Version `version` of the fake fleet's trust document, signed by `key`.
+fn fleet_trust(fleet: &Fleet, version: u64, key: &SigningKey) -> String {
+    TrustDocument {
+        schema: 1,
+        version,
+        issued_at: Timestamp::parse("2024-06-01T00:00:00Z").expect("the fake device API works"),
+        expires_at: Timestamp::parse("2124-01-01T00:00:00Z").expect("the fake device API works"),
+        root_public_key: PublicKey::from(&fleet.root),
+        signing_keys: vec![],
+        revoked_keyids: vec![],
+        ca_certificates_pem: vec![fleet.ca_pem.clone()],
+    }
+    .sign(key)
+    .expect("the fake device API works")
+    .to_json()
+}
+
+#[tokio::test]
+async fn refresh_trust_fetches_with_the_client_certificate_and_takes_only_a_newer_root_signed_document()
+ {
+    let server = FakeServer::start().await;
+    let dir = tempfile::tempdir().expect("the fake device API works");
+    let (state, _) = enrolled(&server, dir.path()).await;
+    let held =
+        std::fs::read_to_string(state.file("trust.json")).expect("the fake device API works");
+
+    // Signed by a stranger: refused, trust.json untouched.
+    server.answer_with(
+        |seen, fleet| match (seen.method.as_str(), seen.path.as_str()) {
+            ("GET", "/device/v1/trust") if seen.client_certificate => (
+                200,
+                fleet_trust(fleet, 2, &SigningKey::from_bytes(&[5; 32])),
+            ),
+            _ => problem(404, "no such endpoint"),
+        },
+    );
+    let err = drover_agent::trust::refresh(&state, now).await.unwrap_err();
+    assert!(err.to_string().starts_with("trust check failed"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(state.file("trust.json")).expect("the fake device API works"),
+        held
+    );
+
+    // Version 2 signed by the root: taken and written.
+    server.answer_with(
+        |seen, fleet| match (seen.method.as_str(), seen.path.as_str()) {
+            ("GET", "/device/v1/trust") if seen.client_certificate => {
+                (200, fleet_trust(fleet, 2, &fleet.root))
+            }
+            _ => problem(404, "no such endpoint"),
+        },
+    );
+    let taken = drover_agent::trust::refresh(&state, now)
+        .await
+        .expect("the fake device API works");
+    assert_eq!(
+        taken,
+        drover_agent::trust::Taken::Updated {
+            from: Some(1),
+            to: 2,
+            root_changed: false
+        }
+    );
+    let stored = drover_proto::Envelope::from_json(
+        &std::fs::read(state.file("trust.json")).expect("the fake device API works"),
+    )
+    .expect("the fake device API works");
+    assert_eq!(
+        stored.to_json(),
+        fleet_trust(&server.fleet, 2, &server.fleet.root)
+    );
+    state.load().expect("the fake device API works");
+
+    // Version 1 replayed: refused as older.
+    server.answer_with(|_, fleet| (200, fleet_trust(fleet, 1, &fleet.root)));
+    let err = drover_agent::trust::refresh(&state, now).await.unwrap_err();
+    assert!(
+        err.to_string().contains("older than the held version 2"),
+        "{err}"
+    );
+    let gets: Vec<bool> = server
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/device/v1/trust")
+        .map(|s| s.client_certificate)
+        .collect();
+    assert_eq!(gets, [true, true, true]);
+}
+
 #[tokio::test]
 async fn renewal_uses_the_client_certificate_and_replaces_device_crt() {
     let server = FakeServer::start().await;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
+use crate::manifest::{SafeName, Sha256};
 
 /// `POST /device/v1/enroll`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,4 +80,57 @@ pub struct CertificateResponse {
 pub struct CaResponse {
     /// The fleet CA certificate (PEM).
     pub ca_pem: String,
+}
+
+/// `GET /device/v1/update`: the update offered to this device (204 when there is none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    /// The rollout offering the update; status reports go to `/device/v1/update/{rollout_id}/status`.
+    pub rollout_id: String,
+    /// The bundle offered.
+    pub bundle_id: String,
+    /// The signed manifest (DSSE envelope); nothing here is trusted before it verifies.
+    pub envelope: Envelope,
+    /// Where to fetch each payload the manifest lists.
+    pub payloads: Vec<OfferedPayload>,
+}
+
+/// One payload of an [`UpdateOffer`]: what the manifest says of it, and where to fetch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedPayload {
+    /// The payload's name in the manifest.
+    pub name: SafeName,
+    /// Its exact size in bytes.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: Sha256,
+    /// A path relative to the device API, e.g. `/device/v1/blobs/{sha256}` (`Range` supported).
+    pub url: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_offer_reads_the_contract_form() {
+        let envelope =
+            Envelope::sign("t", b"x".to_vec(), &crate::SigningKey::from_bytes(&[1; 32])).unwrap();
+        let digest = Sha256::digest(b"hello");
+        let value = serde_json::json!({
+            "rollout_id": "r1",
+            "bundle_id": "b1",
+            "envelope": serde_json::from_str::<serde_json::Value>(&envelope.to_json()).unwrap(),
+            "payloads": [{"name": "model.onnx", "size": 5, "sha256": digest.to_string(),
+                          "url": format!("/device/v1/blobs/{digest}")}],
+        });
+        let offer: UpdateOffer = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(offer.payloads[0].name.as_str(), "model.onnx");
+        assert_eq!(offer.payloads[0].sha256, digest);
+        assert_eq!(offer.envelope, envelope);
+        assert_eq!(serde_json::to_value(&offer).unwrap(), value);
+        let mut bad = value;
+        bad["payloads"][0]["name"] = "../x".into();
+        assert!(serde_json::from_value::<UpdateOffer>(bad).is_err());
+    }
 }

@@ -14,7 +14,8 @@ pub mod verify;
 pub mod version;
 
 pub use device_api::{
-    CaResponse, CertificateResponse, EnrollRequest, EnrollResponse, RecoverRequest, RenewRequest,
+    CaResponse, CertificateResponse, EnrollRequest, EnrollResponse, OfferedPayload, RecoverRequest,
+    RenewRequest, UpdateOffer,
 };
 pub use envelope::{
     Envelope, EnvelopeError, KeyId, PublicKey, SigningKey, pae, signing_key_from_pem,
@@ -36,5 +37,6 @@ pub use trust::{
 };
 pub use verify::{
     DeviceFacts, PayloadError, PayloadHasher, VerifiedManifest, VerifyError, verify_bundle,
+    verify_bundle_without_device,
 };
 pub use version::{Version, VersionError};

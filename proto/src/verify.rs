@@ -174,6 +174,36 @@ pub fn verify_bundle(
     envelope: &Envelope,
     facts: &DeviceFacts<'_>,
 ) -> Result<VerifiedManifest, VerifyError> {
+    check_bundle(
+        trust,
+        envelope,
+        Some((facts.device_type, facts.installed)),
+        facts.now,
+        facts.signed_time_floor,
+    )
+}
+
+/// Checks a manifest envelope as [`verify_bundle`] does except for device type and version, which
+/// need a device: for looking at a bundle file away from one (`drover-agent verify --root-key`).
+/// Its result must never be installed; `verify_bundle` is the check before an install.
+pub fn verify_bundle_without_device(
+    trust: &TrustedDocument,
+    envelope: &Envelope,
+    now: Timestamp,
+    signed_time_floor: Timestamp,
+) -> Result<VerifiedManifest, VerifyError> {
+    check_bundle(trust, envelope, None, now, signed_time_floor)
+}
+
+/// The checks of `verify_bundle`, in its order; `device` is the device type and installed
+/// versions, and `None` skips (c) and (e).
+fn check_bundle(
+    trust: &TrustedDocument,
+    envelope: &Envelope,
+    device: Option<(&str, &BTreeMap<String, Version>)>,
+    now: Timestamp,
+    signed_time_floor: Timestamp,
+) -> Result<VerifiedManifest, VerifyError> {
     let document = trust.document();
 
     // (a) signature, before any byte of the payload is parsed.
@@ -207,18 +237,17 @@ pub fn verify_bundle(
     };
 
     // (c) device type.
-    if !manifest.device_types.iter().any(|t| t == facts.device_type) {
+    if let Some((device_type, _)) = device
+        && !manifest.device_types.iter().any(|t| t == device_type)
+    {
         return Err(VerifyError::WrongDeviceType {
-            device_type: facts.device_type.to_owned(),
+            device_type: device_type.to_owned(),
             allowed: manifest.device_types.clone(),
         });
     }
 
     // (d) expiry, against a clock that never runs behind what was signed already.
-    let clock = facts
-        .now
-        .max(facts.signed_time_floor)
-        .max(document.issued_at);
+    let clock = now.max(signed_time_floor).max(document.issued_at);
     if document.expires_at <= clock {
         return Err(VerifyError::TrustExpired {
             expires_at: document.expires_at,
@@ -233,7 +262,8 @@ pub fn verify_bundle(
     }
 
     // (e) version of this bundle name.
-    if let Some(installed) = facts.installed.get(manifest.name.as_str()) {
+    let installed = device.and_then(|(_, installed)| installed.get(manifest.name.as_str()));
+    if let Some(installed) = installed {
         match manifest.version.cmp_precedence(installed) {
             std::cmp::Ordering::Greater => {}
             std::cmp::Ordering::Equal => {
@@ -253,8 +283,7 @@ pub fn verify_bundle(
         }
     }
 
-    let signed_time_floor = facts
-        .signed_time_floor
+    let signed_time_floor = signed_time_floor
         .max(manifest.created_at)
         .max(document.issued_at);
     Ok(VerifiedManifest {
@@ -732,6 +761,28 @@ mod tests {
                 .verify(&trusted(document(1)), &sample().sign(&signer()).unwrap())
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn without_a_device_every_check_but_device_type_and_version_runs() {
+        let device = Device::new().with_installed("detector", "9.0.0");
+        let trust = trusted(document(1));
+        let envelope = sample().sign(&signer()).unwrap();
+        // Another device type and a downgrade: not looked at without a device.
+        let verified =
+            verify_bundle_without_device(&trust, &envelope, device.now, device.floor).unwrap();
+        assert_eq!(verified.manifest(), &sample());
+        assert_eq!(verified.signed_time_floor(), sample().created_at);
+        // Signature and expiry still are.
+        let stranger = sample().sign(&SigningKey::from_bytes(&[9; 32])).unwrap();
+        assert!(matches!(
+            verify_bundle_without_device(&trust, &stranger, device.now, device.floor),
+            Err(VerifyError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            verify_bundle_without_device(&trust, &envelope, device.now, t("2025-12-01T00:00:00Z")),
+            Err(VerifyError::Expired { .. })
+        ));
     }
 
     fn hasher(content: &[u8], declared: u64) -> PayloadHasher {

@@ -13,7 +13,7 @@ use drover_proto::{
     Command, DeviceId, Epoch, Presence, Reading, Readings, Telemetry, TopicKind, Version, topic,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::health::{self, CpuSample};
 use super::intake::SharedSpool;
@@ -183,6 +183,7 @@ pub struct Publisher {
     config: PublisherConfig,
     spool: SharedSpool,
     spooled: Arc<Notify>,
+    commands: mpsc::Sender<Command>,
     topics: Topics,
     cpu: CpuSample,
 }
@@ -195,8 +196,15 @@ struct Topics {
 }
 
 impl Publisher {
-    /// A publisher for `spool`, woken by `spooled` when readings arrive.
-    pub fn new(config: PublisherConfig, spool: SharedSpool, spooled: Arc<Notify>) -> Publisher {
+    /// A publisher for `spool`, woken by `spooled` when readings arrive; commands received on
+    /// `commands` are handed to `commands` (bounded: when it is full, a command is dropped and
+    /// logged, as the server repeats what matters).
+    pub fn new(
+        config: PublisherConfig,
+        spool: SharedSpool,
+        spooled: Arc<Notify>,
+        commands: mpsc::Sender<Command>,
+    ) -> Publisher {
         let prefix = &config.topic_prefix;
         let topics = Topics {
             telemetry: topic(prefix, TopicKind::Telemetry),
@@ -208,6 +216,7 @@ impl Publisher {
             config,
             spool,
             spooled,
+            commands,
             topics,
             cpu: CpuSample::now(),
         }
@@ -424,14 +433,19 @@ impl Publisher {
         Ok(())
     }
 
-    /// Logs a command; the update engine will act on them.
+    /// Parses a command and hands it to the daemon's command task.
     fn command(&self, topic: &str, payload: &[u8]) {
         if topic != self.topics.commands {
             tracing::debug!(topic, "message on an unexpected topic ignored");
             return;
         }
         match serde_json::from_slice::<Command>(payload) {
-            Ok(command) => tracing::info!(?command, "command received"),
+            Ok(command) => {
+                tracing::info!(?command, "command received");
+                if let Err(e) = self.commands.try_send(command) {
+                    tracing::warn!(error = %e, "command dropped: the agent is busy with earlier ones");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "command not understood; ignored"),
         }
     }
