@@ -36,6 +36,25 @@ enum Command {
     /// Manage enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Sign bundle manifests offline.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Sign a manifest and print the DSSE envelope that POST /api/v1/bundles accepts.
+    Sign {
+        /// The ed25519 signing key (PKCS#8 PEM, optionally passphrase-protected).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The manifest JSON (schema 1, every field given).
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// Read the key's passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +149,13 @@ pub fn main() -> ExitCode {
                 tags,
                 approval,
             }) => create_token(settings, uses, &expires, device_types, &tags, approval).await,
+            Command::Bundle(BundleCommand::Sign {
+                key,
+                manifest,
+                passphrase_stdin,
+            }) => {
+                crate::bundles::sign::run(&key, &manifest, passphrase_stdin).map_err(Failure::from)
+            }
         }
     });
     match result {

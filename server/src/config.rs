@@ -82,6 +82,8 @@ pub struct Settings {
     pub jwt_ttl_minutes: u32,
     /// Largest JSON request body the API accepts.
     pub max_json_bytes: usize,
+    /// Largest artifact upload, in bytes (413 beyond).
+    pub max_artifact_bytes: u64,
     /// Secure attribute of the session cookie.
     pub cookie_secure: CookieSecure,
     /// Lifetime of device certificates.
@@ -120,6 +122,7 @@ struct FileSettings {
     session_ttl_hours: Option<u32>,
     jwt_ttl_minutes: Option<u32>,
     max_json_bytes: Option<usize>,
+    max_artifact_bytes: Option<u64>,
     cookie_secure: Option<String>,
     device_cert_lifetime: Option<String>,
     recovery_grace: Option<String>,
@@ -131,6 +134,9 @@ struct FileSettings {
     telemetry_rollup_retention: Option<String>,
     offline_after: Option<String>,
 }
+
+/// Default largest artifact: 4 GiB, room for a full disk image.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
 
 /// Every key the server reads, for the README table and for rejecting unknown variables.
 pub const KEYS: &[&str] = &[
@@ -146,6 +152,7 @@ pub const KEYS: &[&str] = &[
     "session_ttl_hours",
     "jwt_ttl_minutes",
     "max_json_bytes",
+    "max_artifact_bytes",
     "cookie_secure",
     "device_cert_lifetime",
     "recovery_grace",
@@ -214,6 +221,7 @@ impl Settings {
             session_ttl_hours: 12,
             jwt_ttl_minutes: 15,
             max_json_bytes: 1 << 20,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             cookie_secure: CookieSecure::Auto,
             device_cert_lifetime: std::time::Duration::from_secs(90 * 86_400),
             recovery_grace: std::time::Duration::from_secs(365 * 86_400),
@@ -304,6 +312,9 @@ impl Settings {
                 format!("{blob_url:?} is not supported; use file://PATH or s3://BUCKET/PREFIX"),
             ));
         }
+        if blob_url.starts_with("s3://") {
+            return Err(ConfigError::new("blob_url", crate::blobs::S3_UNAVAILABLE));
+        }
         let log = text("log", file.log).unwrap_or_else(|| "info".into());
         let session_ttl_hours = number(
             "session_ttl_hours",
@@ -325,6 +336,13 @@ impl Settings {
             file.max_json_bytes,
             1 << 20,
             1024..=64 << 20,
+        )?;
+        let max_artifact_bytes = number(
+            "max_artifact_bytes",
+            env.get("max_artifact_bytes"),
+            file.max_artifact_bytes,
+            DEFAULT_MAX_ARTIFACT_BYTES,
+            1024..=1 << 40,
         )?;
         let cookie_secure = match text("cookie_secure", file.cookie_secure).as_deref() {
             None | Some("auto") => CookieSecure::Auto,
@@ -414,6 +432,7 @@ impl Settings {
             session_ttl_hours,
             jwt_ttl_minutes,
             max_json_bytes,
+            max_artifact_bytes,
             cookie_secure,
             device_cert_lifetime,
             recovery_grace,

@@ -7,6 +7,7 @@ mod api_conventions;
 mod audit;
 mod auth;
 mod browser;
+mod bundles;
 mod cli;
 mod dashboard;
 mod identity;

@@ -119,6 +119,8 @@ pub struct TestApp {
     pub mqtt: drover_server::mqtt::client::MqttLink,
     /// The external broker, when the app uses one.
     pub broker: Option<mosquitto::Mosquitto>,
+    /// The server's store, for tests that set up what no endpoint makes yet (offers).
+    pub store: drover_server::store::Store,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     db: TestDb,
     dir: tempfile::TempDir,
@@ -193,6 +195,7 @@ fn finish(
         .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
         .map(|a| a.port());
     let mqtt = app.mqtt().clone();
+    let store = app.store().clone();
     let handle = app.handle();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -207,6 +210,7 @@ fn finish(
         mqtt_port,
         mqtt,
         broker: None,
+        store,
         task,
         db,
         dir,

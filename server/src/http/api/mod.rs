@@ -3,6 +3,7 @@
 //! the OpenAPI document is generated from the very routes that are served.
 
 mod audit;
+mod bundles;
 mod devices;
 mod enrollment;
 mod telemetry;
@@ -72,6 +73,7 @@ pub fn scope() -> Scope<
         .configure(enrollment::routes)
         .configure(devices::routes)
         .configure(telemetry::routes)
+        .configure(bundles::routes)
         .default_service(web::to(api_not_found))
 }
 

@@ -123,9 +123,11 @@ impl From<crate::error::Error> for WebError {
         match e {
             Error::NotFound(m) => WebError::NotFound(m),
             Error::Forbidden(m) | Error::Unauthorized(m) => WebError::Forbidden(m),
-            Error::Invalid { .. } | Error::Conflict(_) | Error::Throttled { .. } => {
-                WebError::BadInput(e.to_string())
-            }
+            Error::Invalid { .. }
+            | Error::Conflict(_)
+            | Error::Throttled { .. }
+            | Error::TooLarge(_)
+            | Error::Unprocessable(_) => WebError::BadInput(e.to_string()),
             Error::Store(e) => WebError::Internal(e.to_string()),
             Error::Internal(m) => WebError::Internal(m),
         }
