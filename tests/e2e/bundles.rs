@@ -797,3 +797,223 @@ async fn the_offline_signing_command_makes_an_envelope_the_server_accepts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("manifest"));
 }
+
+/// Signs in through the login form like a browser; answers the cookie-keeping client.
+async fn sign_in(app: &TestApp, username: &str, role: &str) -> reqwest::Client {
+    let admin = app.admin_token().await;
+    let password = format!("{username}-password-123");
+    let res = app
+        .post_json(
+            &admin,
+            "/api/v1/users",
+            &json!({"username": username, "password": password, "role": role}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let client = drover_tests::browser();
+    let page = client
+        .get(app.url("/login"))
+        .send()
+        .await
+        .expect("login page")
+        .text()
+        .await
+        .expect("html");
+    let csrf = drover_tests::hidden_value(&page, "csrf_token").expect("csrf");
+    let res = client
+        .post(app.url("/login"))
+        .form(&[
+            ("username", username),
+            ("password", password.as_str()),
+            ("csrf_token", &csrf),
+        ])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(res.status(), 303);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_upload_create_inspect_download_and_delete_in_the_dashboard() {
+    let app = spawn_app().await;
+    let browser = sign_in(&app, "olga", "operator").await;
+    let page = browser.get(app.url("/bundles")).send().await.expect("page");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("No bundles yet") && html.contains("data-upload"),
+        "{html}"
+    );
+    assert!(html.contains("/static/upload.js?v="));
+    let csrf = drover_tests::hidden_value(&html, "csrf_token").expect("csrf");
+
+    let upload = |name: &str, token: Option<&str>, body: Vec<u8>| {
+        let mut req = browser
+            .post(app.url("/bundles/artifacts"))
+            .query(&[("name", name)])
+            .body(body);
+        if let Some(t) = token {
+            req = req.header("X-CSRF-Token", t);
+        }
+        req.send()
+    };
+    let res = upload("model.onnx", None, b"weights".to_vec())
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 403, "no CSRF token, no upload");
+    let res = upload("<i>model.onnx", Some(&csrf), sample(5000, 10))
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 201);
+    let artifact: Value = res.json().await.expect("json");
+    let res = upload("a/b", Some(&csrf), b"x".to_vec())
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 400);
+
+    let res = browser
+        .post(app.url("/bundles"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("name", "detector"),
+            ("kind", "model"),
+            ("version", "1.0.0"),
+            ("device_types", "rpi4, jetson-orin"),
+            ("installer", "files"),
+            ("expires_in_days", "90"),
+            ("artifact", artifact["id"].as_str().expect("id")),
+        ])
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(res.status(), 303);
+    let location = res.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert!(
+        location.starts_with("/bundles/") && location.ends_with("?done=created"),
+        "{location}"
+    );
+    let id = location
+        .trim_start_matches("/bundles/")
+        .trim_end_matches("?done=created")
+        .to_string();
+
+    let html = browser
+        .get(app.url("/bundles"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        html.contains(&format!("href=\"/bundles/{id}\"")) && html.contains("1.0.0"),
+        "{html}"
+    );
+    assert!(
+        html.contains("&#60;i&#62;model.onnx") && !html.contains("<i>model"),
+        "names are escaped: {}",
+        html.lines()
+            .filter(|l| l.contains("model.onnx"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let page = browser.get(app.url(&location)).send().await.expect("page");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("Bundle created and signed."));
+    assert!(html.contains(artifact["sha256"].as_str().expect("sha")));
+    assert!(html.contains(&format!("/bundles/{id}/download")));
+    assert!(html.contains("jetson-orin"));
+
+    let res = browser
+        .get(app.url(&format!("/bundles/{id}/download")))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-tar");
+    let body = res.bytes().await.expect("body");
+    assert_eq!(
+        tar::Archive::new(&body[..]).entries().expect("tar").count(),
+        3
+    );
+
+    let res = browser
+        .post(app.url(&format!("/bundles/{id}/delete")))
+        .form(&[("csrf_token", "wrong")])
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), 403);
+    let res = browser
+        .post(app.url(&format!("/bundles/{id}/delete")))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/bundles?done=deleted");
+    assert_eq!(
+        browser
+            .get(app.url(&location))
+            .send()
+            .await
+            .expect("page")
+            .status(),
+        404
+    );
+    let res = browser
+        .post(app.url(&format!(
+            "/bundles/artifacts/{}/delete",
+            artifact["id"].as_str().expect("id")
+        )))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), 303);
+    assert!(blob_files(&app).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_see_bundles_without_controls() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let a = artifact(&app, &admin, "m.bin", b"abc".to_vec()).await;
+    let bundle = create_bundle(&app, &admin, &bundle_body("det", "1.0.0", &[&a])).await;
+    let browser = sign_in(&app, "vera", "viewer").await;
+    let html = browser
+        .get(app.url("/bundles"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        html.contains("det") && !html.contains("data-upload") && !html.contains("Create and sign")
+    );
+    let html = browser
+        .get(app.url(&format!("/bundles/{}", bundle["id"].as_str().expect("id"))))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("Download .drover file") && !html.contains("Delete bundle"));
+    let csrf = drover_tests::hidden_value(&html, "csrf_token").expect("csrf");
+    let res = browser
+        .post(app.url("/bundles/artifacts"))
+        .query(&[("name", "x.bin")])
+        .header("X-CSRF-Token", csrf)
+        .body("x")
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 403);
+}

@@ -8,6 +8,7 @@ mod devices;
 mod enrollment;
 mod telemetry;
 pub use self::audit::AuditQuery;
+pub(crate) use self::bundles::{check_declared_length, file_response};
 pub use self::devices::DeviceQuery;
 pub use self::enrollment::{CreateEnrollmentToken, DurationInput, new_token};
 mod auth;

@@ -4,6 +4,7 @@
 
 mod account;
 mod admin;
+mod bundles;
 mod devices;
 mod enrollment;
 mod pages;
@@ -19,6 +20,7 @@ use crate::users::Role;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     account::routes(cfg);
     admin::routes(cfg);
+    bundles::routes(cfg);
     devices::routes(cfg);
     enrollment::routes(cfg);
     pages::routes(cfg);
