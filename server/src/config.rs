@@ -632,6 +632,21 @@ mod tests {
     }
 
     #[test]
+    fn s3_blob_storage_is_refused_with_a_clear_message() {
+        let err = Settings::load(None, env(&[("DROVER_BLOB_URL", "s3://bucket/drover")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DROVER_BLOB_URL") && err.contains("not available in this build"),
+            "{err}"
+        );
+        let s =
+            Settings::load(None, env(&[("DROVER_MAX_ARTIFACT_BYTES", "1048576")])).expect("valid");
+        assert_eq!(s.max_artifact_bytes, 1 << 20);
+        assert!(Settings::load(None, env(&[("DROVER_MAX_ARTIFACT_BYTES", "10")])).is_err());
+    }
+
+    #[test]
     fn cookie_secure_lists_accepted_values() {
         let err = Settings::load(None, env(&[("DROVER_COOKIE_SECURE", "maybe")])).unwrap_err();
         assert!(err.to_string().contains("auto, always or never"));
