@@ -138,6 +138,9 @@ struct FileSettings {
 /// Default largest artifact: 4 GiB, room for a full disk image.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
 
+/// Largest object S3 copies in one request (CopyObject), so the largest artifact in a bucket.
+pub const S3_MAX_COPY_BYTES: u64 = 5 << 30;
+
 /// Every key the server reads, for the README table and for rejecting unknown variables.
 pub const KEYS: &[&str] = &[
     "data_dir",
@@ -312,8 +315,14 @@ impl Settings {
                 format!("{blob_url:?} is not supported; use file://PATH or s3://BUCKET/PREFIX"),
             ));
         }
-        if blob_url.starts_with("s3://") {
-            return Err(ConfigError::new("blob_url", crate::blobs::S3_UNAVAILABLE));
+        if blob_url.starts_with("s3://")
+            && let Err(e) = crate::blobs::S3Options::parse_url(&blob_url)
+        {
+            let message = match e {
+                crate::error::Error::Invalid { message, .. } => message,
+                other => other.to_string(),
+            };
+            return Err(ConfigError::new("blob_url", message));
         }
         let log = text("log", file.log).unwrap_or_else(|| "info".into());
         let session_ttl_hours = number(
@@ -344,6 +353,15 @@ impl Settings {
             DEFAULT_MAX_ARTIFACT_BYTES,
             1024..=1 << 40,
         )?;
+        // An S3 upload is copied to its digest's key in one CopyObject, which S3 caps at 5 GiB.
+        if blob_url.starts_with("s3://") && max_artifact_bytes > S3_MAX_COPY_BYTES {
+            return Err(ConfigError::new(
+                "max_artifact_bytes",
+                format!(
+                    "{max_artifact_bytes} is more than an S3 blob store takes in one artifact; use at most {S3_MAX_COPY_BYTES} (5 GiB) with an s3:// blob_url"
+                ),
+            ));
+        }
         let cookie_secure = match text("cookie_secure", file.cookie_secure).as_deref() {
             None | Some("auto") => CookieSecure::Auto,
             Some("always") => CookieSecure::Always,
@@ -632,12 +650,31 @@ mod tests {
     }
 
     #[test]
-    fn s3_blob_storage_is_refused_with_a_clear_message() {
-        let err = Settings::load(None, env(&[("DROVER_BLOB_URL", "s3://bucket/drover")]))
-            .unwrap_err()
-            .to_string();
+    fn blob_urls_and_the_artifact_limit_are_checked() {
+        let err = Settings::load(
+            None,
+            env(&[("DROVER_BLOB_URL", "s3://bucket/x?key=secret")]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            err.contains("DROVER_BLOB_URL") && err.contains("not available in this build"),
+            err.contains("DROVER_BLOB_URL") && err.contains("AWS_"),
+            "{err}"
+        );
+        let s =
+            Settings::load(None, env(&[("DROVER_BLOB_URL", "s3://bucket/drover")])).expect("valid");
+        assert_eq!(s.blob_url, "s3://bucket/drover");
+        let err = Settings::load(
+            None,
+            env(&[
+                ("DROVER_BLOB_URL", "s3://bucket/drover"),
+                ("DROVER_MAX_ARTIFACT_BYTES", "6442450944"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("DROVER_MAX_ARTIFACT_BYTES") && err.contains("5 GiB"),
             "{err}"
         );
         let s =

@@ -6,6 +6,7 @@ mod agent_identity;
 mod api_conventions;
 mod audit;
 mod auth;
+mod blobs_s3;
 mod browser;
 mod bundles;
 mod cli;
