@@ -42,6 +42,9 @@ enum Command {
     /// Trust documents signed offline.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Sign bundle manifests offline.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +76,22 @@ enum TrustCommand {
         /// The trust document JSON (e.g. the draft `drover keys rotate` wrote).
         #[arg(long, value_name = "FILE")]
         document: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Sign a manifest and print the DSSE envelope that POST /api/v1/bundles accepts.
+    Sign {
+        /// The ed25519 signing key (PKCS#8 PEM, optionally passphrase-protected).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The manifest JSON (schema 1, every field given).
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// Read the key's passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
     },
 }
 
@@ -173,6 +192,13 @@ pub fn main() -> ExitCode {
                 root_keys,
                 document,
             }) => trust_sign(&root_keys, &document),
+            Command::Bundle(BundleCommand::Sign {
+                key,
+                manifest,
+                passphrase_stdin,
+            }) => {
+                crate::bundles::sign::run(&key, &manifest, passphrase_stdin).map_err(Failure::from)
+            }
         }
     });
     match result {

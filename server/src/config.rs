@@ -82,6 +82,8 @@ pub struct Settings {
     pub jwt_ttl_minutes: u32,
     /// Largest JSON request body the API accepts.
     pub max_json_bytes: usize,
+    /// Largest artifact upload, in bytes (413 beyond).
+    pub max_artifact_bytes: u64,
     /// Secure attribute of the session cookie.
     pub cookie_secure: CookieSecure,
     /// Lifetime of device certificates.
@@ -120,6 +122,7 @@ struct FileSettings {
     session_ttl_hours: Option<u32>,
     jwt_ttl_minutes: Option<u32>,
     max_json_bytes: Option<usize>,
+    max_artifact_bytes: Option<u64>,
     cookie_secure: Option<String>,
     device_cert_lifetime: Option<String>,
     recovery_grace: Option<String>,
@@ -131,6 +134,12 @@ struct FileSettings {
     telemetry_rollup_retention: Option<String>,
     offline_after: Option<String>,
 }
+
+/// Default largest artifact: 4 GiB, room for a full disk image.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+
+/// Largest object S3 copies in one request (CopyObject), so the largest artifact in a bucket.
+pub const S3_MAX_COPY_BYTES: u64 = 5 << 30;
 
 /// Every key the server reads, for the README table and for rejecting unknown variables.
 pub const KEYS: &[&str] = &[
@@ -146,6 +155,7 @@ pub const KEYS: &[&str] = &[
     "session_ttl_hours",
     "jwt_ttl_minutes",
     "max_json_bytes",
+    "max_artifact_bytes",
     "cookie_secure",
     "device_cert_lifetime",
     "recovery_grace",
@@ -214,6 +224,7 @@ impl Settings {
             session_ttl_hours: 12,
             jwt_ttl_minutes: 15,
             max_json_bytes: 1 << 20,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             cookie_secure: CookieSecure::Auto,
             device_cert_lifetime: std::time::Duration::from_secs(90 * 86_400),
             recovery_grace: std::time::Duration::from_secs(365 * 86_400),
@@ -304,6 +315,15 @@ impl Settings {
                 format!("{blob_url:?} is not supported; use file://PATH or s3://BUCKET/PREFIX"),
             ));
         }
+        if blob_url.starts_with("s3://")
+            && let Err(e) = crate::blobs::S3Options::parse_url(&blob_url)
+        {
+            let message = match e {
+                crate::error::Error::Invalid { message, .. } => message,
+                other => other.to_string(),
+            };
+            return Err(ConfigError::new("blob_url", message));
+        }
         let log = text("log", file.log).unwrap_or_else(|| "info".into());
         let session_ttl_hours = number(
             "session_ttl_hours",
@@ -326,6 +346,22 @@ impl Settings {
             1 << 20,
             1024..=64 << 20,
         )?;
+        let max_artifact_bytes = number(
+            "max_artifact_bytes",
+            env.get("max_artifact_bytes"),
+            file.max_artifact_bytes,
+            DEFAULT_MAX_ARTIFACT_BYTES,
+            1024..=1 << 40,
+        )?;
+        // An S3 upload is copied to its digest's key in one CopyObject, which S3 caps at 5 GiB.
+        if blob_url.starts_with("s3://") && max_artifact_bytes > S3_MAX_COPY_BYTES {
+            return Err(ConfigError::new(
+                "max_artifact_bytes",
+                format!(
+                    "{max_artifact_bytes} is more than an S3 blob store takes in one artifact; use at most {S3_MAX_COPY_BYTES} (5 GiB) with an s3:// blob_url"
+                ),
+            ));
+        }
         let cookie_secure = match text("cookie_secure", file.cookie_secure).as_deref() {
             None | Some("auto") => CookieSecure::Auto,
             Some("always") => CookieSecure::Always,
@@ -414,6 +450,7 @@ impl Settings {
             session_ttl_hours,
             jwt_ttl_minutes,
             max_json_bytes,
+            max_artifact_bytes,
             cookie_secure,
             device_cert_lifetime,
             recovery_grace,
@@ -610,6 +647,40 @@ mod tests {
         std::fs::write(&file, "htp_listen = \"x\"\n").expect("write");
         let err = Settings::load(Some(&file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("htp_listen"), "{err}");
+    }
+
+    #[test]
+    fn blob_urls_and_the_artifact_limit_are_checked() {
+        let err = Settings::load(
+            None,
+            env(&[("DROVER_BLOB_URL", "s3://bucket/x?key=secret")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("DROVER_BLOB_URL") && err.contains("AWS_"),
+            "{err}"
+        );
+        let s =
+            Settings::load(None, env(&[("DROVER_BLOB_URL", "s3://bucket/drover")])).expect("valid");
+        assert_eq!(s.blob_url, "s3://bucket/drover");
+        let err = Settings::load(
+            None,
+            env(&[
+                ("DROVER_BLOB_URL", "s3://bucket/drover"),
+                ("DROVER_MAX_ARTIFACT_BYTES", "6442450944"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("DROVER_MAX_ARTIFACT_BYTES") && err.contains("5 GiB"),
+            "{err}"
+        );
+        let s =
+            Settings::load(None, env(&[("DROVER_MAX_ARTIFACT_BYTES", "1048576")])).expect("valid");
+        assert_eq!(s.max_artifact_bytes, 1 << 20);
+        assert!(Settings::load(None, env(&[("DROVER_MAX_ARTIFACT_BYTES", "10")])).is_err());
     }
 
     #[test]

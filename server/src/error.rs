@@ -30,6 +30,12 @@ pub enum Error {
         /// Seconds until the next attempt may succeed.
         retry_after_s: u64,
     },
+    /// The request body is larger than a configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Well-formed input that cannot be carried out (an unknown artifact, a bad signature).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The store failed.
     #[error("database error: {0}")]
     Store(#[from] sqlx::Error),

@@ -1,7 +1,10 @@
 //! The Drover fleet server as a library: `main.rs` and the end-to-end tests
 //! drive it through `startup::build`.
 
+pub mod artifacts;
 pub mod audit;
+pub mod blobs;
+pub mod bundles;
 pub mod cli;
 pub mod config;
 pub mod duration;

@@ -239,6 +239,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         &data_dir,
         settings.ca_passphrase.as_ref().map(|p| p.0.as_str()),
     )?);
+    let blobs = crate::blobs::BlobStore::open_url(&settings.blob_url)?;
     keys::ensure_trust(&store, &keyring, ca.cert_pem()).await?;
     let revoked = Arc::new(RevokedSerials::default());
     revoked.replace(devices::revoked_serials(&store).await?);
@@ -325,6 +326,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         gateway: gateway_metrics,
         catalog,
         ingest: ingest_metrics.clone(),
+        blobs: blobs.clone(),
     });
 
     let listener = bind(
@@ -359,6 +361,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         identity: identity.clone(),
         limiter: EnrollLimiter::new(settings.enroll_rate_per_minute),
         max_json_bytes: settings.max_json_bytes,
+        blobs,
     });
     let device_server = HttpServer::new(move || http::device::app(device_state.clone()))
         .workers(workers)

@@ -119,6 +119,8 @@ pub struct TestApp {
     pub mqtt: drover_server::mqtt::client::MqttLink,
     /// The external broker, when the app uses one.
     pub broker: Option<mosquitto::Mosquitto>,
+    /// The server's store, for tests that set up what no endpoint makes yet (offers).
+    pub store: drover_server::store::Store,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     db: TestDb,
     dir: tempfile::TempDir,
@@ -193,6 +195,7 @@ fn finish(
         .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
         .map(|a| a.port());
     let mqtt = app.mqtt().clone();
+    let store = app.store().clone();
     let handle = app.handle();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -207,6 +210,7 @@ fn finish(
         mqtt_port,
         mqtt,
         broker: None,
+        store,
         task,
         db,
         dir,
@@ -561,6 +565,23 @@ impl TestApp {
                 .to_string(),
             ca_pem: self.ca_pem.clone(),
         }
+    }
+
+    /// The file of the server's signing key (the only one until a rotation).
+    pub fn signing_key_path(&self) -> PathBuf {
+        let keys = self.data_dir().join("keys");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&keys)
+            .expect("keys dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("signing-") && n.ends_with(".key"))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one signing key in {}", keys.display());
+        found.remove(0)
     }
 
     /// MQTT options for a device to reach the gateway with its certificate.

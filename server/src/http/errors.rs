@@ -126,6 +126,8 @@ impl From<Error> for ApiError {
             Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             Error::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
             Error::Unauthorized(m) => ApiError::new(StatusCode::UNAUTHORIZED, m),
+            Error::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+            Error::Unprocessable(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
             Error::Throttled { retry_after_s } => ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 detail: format!("too many failed attempts; try again in {retry_after_s} s"),

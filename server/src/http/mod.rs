@@ -48,6 +48,8 @@ pub struct AppState {
     pub catalog: std::sync::Arc<crate::telemetry::Catalog>,
     /// Ingest counters.
     pub ingest: std::sync::Arc<crate::telemetry::ingest::IngestMetrics>,
+    /// Artifact bytes.
+    pub blobs: crate::blobs::BlobStore,
     /// The MQTT gateway's counters (embedded broker only).
     pub gateway: Option<std::sync::Arc<crate::mqtt::gateway::GatewayMetrics>>,
 }

@@ -3,11 +3,13 @@
 //! the OpenAPI document is generated from the very routes that are served.
 
 mod audit;
+mod bundles;
 mod devices;
 mod enrollment;
 mod keys;
 mod telemetry;
 pub use self::audit::AuditQuery;
+pub(crate) use self::bundles::{check_declared_length, file_response};
 pub use self::devices::DeviceQuery;
 pub use self::enrollment::{CreateEnrollmentToken, DurationInput, new_token};
 mod auth;
@@ -74,6 +76,7 @@ pub fn scope() -> Scope<
         .configure(devices::routes)
         .configure(telemetry::routes)
         .configure(keys::routes)
+        .configure(bundles::routes)
         .default_service(web::to(api_not_found))
 }
 

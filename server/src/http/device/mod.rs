@@ -43,6 +43,8 @@ pub struct DeviceState {
     pub limiter: EnrollLimiter,
     /// Largest JSON body.
     pub max_json_bytes: usize,
+    /// Payload bytes devices download.
+    pub blobs: crate::blobs::BlobStore,
 }
 
 /// The client certificate presented at the handshake, if any.
@@ -125,6 +127,7 @@ pub fn app(
                 .service(recover)
                 .service(ca_certificate)
                 .service(trust)
+                .service(blob)
                 .default_service(web::to(super::errors::api_not_found)),
         )
         .default_service(web::to(super::errors::api_not_found))
@@ -347,4 +350,74 @@ async fn trust(state: web::Data<DeviceState>, _caller: DeviceCaller) -> ApiResul
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(envelope.to_json()))
+}
+
+/// A payload's bytes, for a device that was offered a bundle naming them.
+/// Streams from the blob store; one `Range` is honoured (206), a multi-range
+/// request gets the whole blob (200). A blob not offered to this device is
+/// 404 whether or not it exists, so devices cannot probe for others' payloads.
+#[get("/blobs/{sha256}")]
+async fn blob(
+    state: web::Data<DeviceState>,
+    req: HttpRequest,
+    caller: DeviceCaller,
+    sha256: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    use crate::blobs::range::{self, RangeAnswer};
+    use actix_web::http::header;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such payload among the bundles offered to this device",
+        )
+    };
+    let Ok(digest) = drover_proto::Sha256::parse(&sha256) else {
+        return Err(not_found());
+    };
+    let store = &state.identity.store;
+    let Some(size) = crate::bundles::offered_blob(store, &caller.device.id, &digest).await? else {
+        return Err(not_found());
+    };
+    let etag = format!("\"{digest}\"");
+    // If-Range: a range only applies to the representation the client has.
+    let same_entity = req
+        .headers()
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range_header = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| same_entity);
+    let (status, start, len) = match range::parse(range_header, size) {
+        RangeAnswer::Full => (StatusCode::OK, 0, size),
+        RangeAnswer::Partial { start, end } => {
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeAnswer::Unsatisfiable => {
+            let problem = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("the range is outside the payload's {size} bytes"),
+            )
+            .problem();
+            return Ok(HttpResponse::RangeNotSatisfiable()
+                .content_type("application/problem+json")
+                .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
+                .insert_header((header::ACCEPT_RANGES, "bytes"))
+                .body(serde_json::to_string(&problem).unwrap_or_default()));
+        }
+    };
+    let stream = state.blobs.open(&digest, start, len).await?;
+    let mut res = HttpResponse::build(status);
+    res.content_type("application/octet-stream")
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, etag));
+    if status == StatusCode::PARTIAL_CONTENT {
+        res.insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", start + len - 1),
+        ));
+    }
+    Ok(res.no_chunking(len).streaming(stream))
 }

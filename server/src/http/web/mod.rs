@@ -4,6 +4,7 @@
 
 mod account;
 mod admin;
+mod bundles;
 mod devices;
 mod enrollment;
 mod pages;
@@ -19,6 +20,7 @@ use crate::users::Role;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     account::routes(cfg);
     admin::routes(cfg);
+    bundles::routes(cfg);
     devices::routes(cfg);
     enrollment::routes(cfg);
     pages::routes(cfg);
@@ -123,9 +125,11 @@ impl From<crate::error::Error> for WebError {
         match e {
             Error::NotFound(m) => WebError::NotFound(m),
             Error::Forbidden(m) | Error::Unauthorized(m) => WebError::Forbidden(m),
-            Error::Invalid { .. } | Error::Conflict(_) | Error::Throttled { .. } => {
-                WebError::BadInput(e.to_string())
-            }
+            Error::Invalid { .. }
+            | Error::Conflict(_)
+            | Error::Throttled { .. }
+            | Error::TooLarge(_)
+            | Error::Unprocessable(_) => WebError::BadInput(e.to_string()),
             Error::Store(e) => WebError::Internal(e.to_string()),
             Error::Internal(m) => WebError::Internal(m),
         }

@@ -10,10 +10,7 @@ use crate::http::auth::WebUser;
 use crate::identity::devices::{self, PresenceCounts};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(overview)
-        .service(bundles)
-        .service(rollouts)
-        .service(alerts);
+    cfg.service(overview).service(rollouts).service(alerts);
 }
 
 #[derive(Template)]
@@ -63,17 +60,6 @@ fn section(
         empty_title,
         empty_text,
     })
-}
-
-#[get("/bundles")]
-async fn bundles(who: WebUser) -> Result<HttpResponse, WebError> {
-    section(
-        &who,
-        "bundles",
-        "Bundles",
-        "No bundles yet",
-        "A bundle is a signed set of artifacts (firmware, application, model or configuration) for given device types. Upload artifacts, then create a bundle from them.",
-    )
 }
 
 #[get("/rollouts")]
