@@ -13,3 +13,4 @@ mod mosquitto;
 mod mqtt;
 mod ops;
 mod telemetry;
+mod telemetry_agent;
