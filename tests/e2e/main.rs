@@ -17,3 +17,4 @@ mod mosquitto;
 mod mqtt;
 mod ops;
 mod telemetry;
+mod telemetry_agent;

@@ -4,13 +4,14 @@
 
 pub mod mosquitto;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use drover_server::config::Settings;
-use drover_server::startup::{self, Application};
+use drover_server::startup::{self, Application, StartError};
 use serde_json::{Value, json};
 
 /// A database that exists for one test and is dropped after it.
@@ -122,8 +123,129 @@ pub struct TestApp {
     /// The server's store, for tests that set up what no endpoint makes yet (offers).
     pub store: drover_server::store::Store,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    runtime: ServerRuntime,
+    bound: Bound,
     db: TestDb,
     dir: tempfile::TempDir,
+}
+
+/// The runtime a test server runs on, apart from the test's own: stopping the server shuts it
+/// down, which ends every task the server spawned (device sessions through the MQTT gateway
+/// included) as the end of a `drover serve` process would. Dropped without a stop (a test that
+/// ends), it is shut down in the background.
+struct ServerRuntime(Option<tokio::runtime::Runtime>);
+
+impl ServerRuntime {
+    fn new() -> ServerRuntime {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("drover-test-server")
+            .enable_all()
+            .build()
+            .expect("the test server's runtime");
+        ServerRuntime(Some(runtime))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until shut down")
+            .handle()
+            .clone()
+    }
+
+    /// Ends every task of the server and waits until its threads are gone.
+    async fn shut_down(mut self) {
+        if let Some(runtime) = self.0.take() {
+            // Waiting for the workers blocks: not on the test's own async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                runtime.shutdown_timeout(Duration::from_secs(10))
+            })
+            .await;
+        }
+    }
+}
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The addresses a server bound, so it can start again on the same ones.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    http: SocketAddr,
+    device: SocketAddr,
+    /// The embedded broker's gateway; none with an external broker.
+    mqtt: Option<SocketAddr>,
+}
+
+/// A server stopped by [`TestApp::shut_down`]: its data directory, database, external broker
+/// and the addresses it had bound, ready to start again.
+pub struct StoppedApp {
+    admin_password: String,
+    settings: Settings,
+    bound: Bound,
+    broker: Option<mosquitto::Mosquitto>,
+    db: TestDb,
+    dir: tempfile::TempDir,
+}
+
+/// How long a restart on the same ports retries while the old sockets close.
+const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl StoppedApp {
+    /// Starts the server again on the same data directory, database and broker, listening on
+    /// exactly the ports it bound before: agents keep the MQTT and device API addresses they
+    /// learned at enrollment.
+    pub async fn start_on_same_ports(self) -> TestApp {
+        let bound = self.bound;
+        self.start_with(move |s| {
+            s.http_listen = bound.http;
+            s.device_listen = bound.device;
+            if let Some(mqtt) = bound.mqtt {
+                s.mqtt_listen = mqtt;
+            }
+        })
+        .await
+    }
+
+    async fn start_with(self, listen: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = self.settings.clone();
+        listen(&mut settings);
+        let deadline = tokio::time::Instant::now() + REBIND_TIMEOUT;
+        let (app, runtime) = loop {
+            let runtime = ServerRuntime::new();
+            match start(settings.clone(), &runtime).await {
+                Ok((app, again)) => {
+                    assert!(again.is_none(), "a restart must not create another admin");
+                    break (app, runtime);
+                }
+                // The old listener may still be closing.
+                Err(StartError::PortInUse { .. }) if tokio::time::Instant::now() < deadline => {
+                    runtime.shut_down().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the server starts again: {e}"),
+            }
+        };
+        let mut app = finish(
+            app,
+            runtime,
+            settings,
+            self.admin_password,
+            self.db,
+            self.dir,
+        );
+        if let Some(broker) = self.broker {
+            app.mqtt_port = Some(broker.port);
+            app.broker = Some(broker);
+        }
+        app
+    }
 }
 
 /// Starts a fresh server.
@@ -153,8 +275,18 @@ pub async fn spawn_app_on_mosquitto() -> TestApp {
     settings.mqtt_url = Some(broker.server_url());
     settings.mqtt_device_url = Some(broker.url());
     settings.mqtt_crl_reload_command = Some(format!("kill -HUP {}", broker.pid()));
-    let (app, password) = start(settings.clone()).await;
-    let mut app = finish(app, settings, password.expect("first admin"), db, dir);
+    let runtime = ServerRuntime::new();
+    let (app, password) = start(settings.clone(), &runtime)
+        .await
+        .expect("server starts");
+    let mut app = finish(
+        app,
+        runtime,
+        settings,
+        password.expect("first admin"),
+        db,
+        dir,
+    );
     app.mqtt_port = Some(broker.port);
     app.broker = Some(broker);
     app
@@ -166,19 +298,31 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::new(dir.path()).await;
     let mut settings = Settings::for_tests(&dir.path().join("data"), &db.url);
     configure(&mut settings);
-    let (app, password) = start(settings.clone()).await;
+    let runtime = ServerRuntime::new();
+    let (app, password) = start(settings.clone(), &runtime)
+        .await
+        .expect("server starts");
     let password = password.expect("a fresh server creates the first admin");
-    finish(app, settings, password, db, dir)
+    finish(app, runtime, settings, password, db, dir)
 }
 
-async fn start(settings: Settings) -> (Application, Option<String>) {
-    let app = startup::build(settings).await.expect("server starts");
+/// Builds the server on `runtime`, so the tasks it spawns live there.
+async fn start(
+    settings: Settings,
+    runtime: &ServerRuntime,
+) -> Result<(Application, Option<String>), StartError> {
+    let app = runtime
+        .handle()
+        .spawn(startup::build(settings))
+        .await
+        .expect("building the server does not panic")?;
     let password = app.initial_admin_password.clone();
-    (app, password)
+    Ok((app, password))
 }
 
 fn finish(
     app: Application,
+    runtime: ServerRuntime,
     settings: Settings,
     admin_password: String,
     db: TestDb,
@@ -188,16 +332,21 @@ fn finish(
     let device_base = format!("https://127.0.0.1:{}", app.device_addr().port());
     let ca_pem = app.identity().ca.cert_pem().to_string();
     let ca_hash = app.identity().ca.hash();
-    let mqtt_port = app
+    let mqtt_addr = app
         .ports()
         .mqtt
         .as_ref()
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .map(|a| a.port());
+        .and_then(|a| a.parse::<SocketAddr>().ok());
+    let bound = Bound {
+        http: app.http_addr(),
+        device: app.device_addr(),
+        mqtt: mqtt_addr,
+    };
+    let mqtt_port = mqtt_addr.map(|a| a.port());
     let mqtt = app.mqtt().clone();
     let store = app.store().clone();
     let handle = app.handle();
-    let task = tokio::spawn(app.run_until_stopped());
+    let task = runtime.handle().spawn(app.run_until_stopped());
     TestApp {
         base,
         admin_password,
@@ -212,6 +361,8 @@ fn finish(
         broker: None,
         store,
         task,
+        runtime,
+        bound,
         db,
         dir,
     }
@@ -352,20 +503,39 @@ impl TestApp {
         body["items"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Stops the server gracefully and waits for it.
+    /// Stops the server gracefully and waits for it; an external broker stops too.
     pub async fn stop(self) -> (TestDb, tempfile::TempDir, Settings) {
-        self.handle.stop(true).await;
-        let _ = self.task.await;
-        (self.db, self.dir, self.settings)
+        let stopped = self.shut_down().await;
+        (stopped.db, stopped.dir, stopped.settings)
     }
 
-    /// Stops and starts again on the same data directory and database (new ports).
+    /// Stops the server as `drover serve` stops on SIGTERM (requests in flight finish, then
+    /// the process ends: every task it spawned, device sessions included). An external broker
+    /// keeps running; [`StoppedApp::start_on_same_ports`] brings the server back.
+    pub async fn shut_down(self) -> StoppedApp {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+        self.runtime.shut_down().await;
+        StoppedApp {
+            admin_password: self.admin_password,
+            settings: self.settings,
+            bound: self.bound,
+            broker: self.broker,
+            db: self.db,
+            dir: self.dir,
+        }
+    }
+
+    /// Stops and starts again on the same data directory, database and broker (new ports).
     pub async fn restart(self) -> TestApp {
-        let password = self.admin_password.clone();
-        let (db, dir, settings) = self.stop().await;
-        let (app, again) = start(settings.clone()).await;
-        assert!(again.is_none(), "a restart must not create another admin");
-        finish(app, settings, password, db, dir)
+        self.shut_down()
+            .await
+            .start_with(|s| {
+                s.http_listen.set_port(0);
+                s.device_listen.set_port(0);
+                s.mqtt_listen.set_port(0);
+            })
+            .await
     }
 }
 

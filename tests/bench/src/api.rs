@@ -1,5 +1,6 @@
 //! The few REST calls the benchmark makes as the first admin: sign in and
-//! create one enrollment token for the whole simulated fleet.
+//! create one enrollment token for the whole simulated fleet (or its agents'
+//! join command).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,6 +53,20 @@ impl Api {
             .await
             .context("creating the enrollment token")?;
         text_field(&body, "token")
+    }
+
+    /// Like [`Api::enrollment_token`], but answers the agents' join command
+    /// (`drover-agent enroll --server URL --token T --ca-hash sha256:HEX`).
+    pub async fn join_command(&self, jwt: &str, uses: u32) -> Result<String> {
+        let body = self
+            .post(
+                Some(jwt),
+                "/api/v1/enrollment-tokens",
+                &json!({"uses": uses, "expires_in": "24h"}),
+            )
+            .await
+            .context("creating the enrollment token")?;
+        text_field(&body, "join_command")
     }
 
     async fn post(&self, jwt: Option<&str>, path: &str, body: &Value) -> Result<Value> {

@@ -72,7 +72,8 @@ fn normalize_steps(steps: &[u32], devices: u32) -> Vec<u32> {
     out
 }
 
-fn default_server_bin() -> Result<PathBuf> {
+/// `drover` beside this binary (target/release/drover).
+pub(crate) fn default_server_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let dir = exe
         .parent()
@@ -80,7 +81,8 @@ fn default_server_bin() -> Result<PathBuf> {
     Ok(dir.join("drover"))
 }
 
-fn command_line() -> String {
+/// This run's command line, as the report shows it.
+pub(crate) fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).map(|a| shell_word(&a)).collect();
     format!("target/release/drover-bench {}", args.join(" "))
 }
@@ -98,13 +100,15 @@ fn shell_word(word: &str) -> String {
 }
 
 /// A scratch data directory for the server, removed at the end unless kept.
-struct DataDir {
-    path: PathBuf,
+pub(crate) struct DataDir {
+    /// The directory.
+    pub(crate) path: PathBuf,
     keep: bool,
 }
 
 impl DataDir {
-    fn create(keep: bool) -> Result<DataDir> {
+    /// A fresh directory under the system's temporary directory.
+    pub(crate) fn create(keep: bool) -> Result<DataDir> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -327,7 +331,12 @@ pub async fn run(args: Args) -> Result<()> {
     let section = report.markdown();
     println!("{section}");
     if let Some(out) = &args.out {
-        crate::report::write_section(out, &report.header(), &section)?;
+        crate::report::write_section(
+            out,
+            &report.header(),
+            crate::report::CONNECTIONS_HEADING,
+            &section,
+        )?;
         eprintln!("wrote the Connections section of {}", out.display());
     }
     Ok(())

@@ -6,6 +6,7 @@ mod api;
 mod connections;
 mod enroll;
 mod fleet;
+mod intake;
 mod procfs;
 mod report;
 mod server;
@@ -20,10 +21,12 @@ use clap::{Parser, Subcommand};
     name = "drover-bench",
     version,
     about = "Load tools that run the real drover server binary and measure it from outside",
-    after_help = "Build both binaries first (release, so the figures mean something):\n  \
-                  cargo build --release -p drover-server -p drover-bench\n\
+    after_help = "Build the binaries first (release, so the figures mean something):\n  \
+                  cargo build --release -p drover-server -p drover-bench\n  \
+                  cargo build --profile agent -p drover-agent    (for `intake`)\n\
                   then, for example:\n  \
-                  target/release/drover-bench connections --devices 10000 --out docs/BENCHMARKS.md"
+                  target/release/drover-bench connections --devices 10000 --out docs/BENCHMARKS.md\n  \
+                  target/release/drover-bench intake --agents 10 --readings 20000 --out docs/BENCHMARKS.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +39,10 @@ enum Command {
     /// certificates, measuring the server's memory and CPU at each step, then
     /// restarts the server and measures the reconnect storm.
     Connections(connections::Args),
+    /// Runs N real agents (the `agent` profile's binary) against the release server and
+    /// measures readings per second from their intake sockets to the store, and each
+    /// reading's latency from the intake's acknowledgement to its row being committed.
+    Intake(intake::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Connections(args) => connections::run(args).await,
+            Command::Intake(args) => intake::run(args).await,
         }
     });
     match result {

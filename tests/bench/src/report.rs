@@ -1,6 +1,6 @@
-//! The figures of a `connections` run and their Markdown: a section
-//! "## Connections" that replaces its earlier version in docs/BENCHMARKS.md
-//! and leaves every other section of the file as it was.
+//! The figures of a `connections` run and their Markdown, and the writing of
+//! a tool's section (such as "## Connections") into docs/BENCHMARKS.md: it
+//! replaces its earlier version and leaves every other section as it was.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,8 +13,8 @@ use crate::procfs::{CpuSplit, Machine, Sample};
 const GOAL_MIB: f64 = 512.0;
 /// The fleet size the goal speaks of.
 const GOAL_DEVICES: f64 = 10_000.0;
-/// The section this tool owns.
-const HEADING: &str = "## Connections";
+/// The section `connections` owns.
+pub const CONNECTIONS_HEADING: &str = "## Connections";
 
 /// Open-file limits (soft, hard) in use.
 #[derive(Debug, Clone)]
@@ -173,15 +173,7 @@ pub fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
 impl Report {
     /// The file header, written when the file is new.
     pub fn header(&self) -> String {
-        let m = &self.machine;
-        format!(
-            "# Benchmarks\n\n\
-             Figures measured with `drover-bench` (tests/bench) against the real `drover` \
-             release binary; each section names the command that produced it, and rerunning \
-             it with `--out docs/BENCHMARKS.md` replaces that section.\n\n\
-             Machine: {} ({} cores), {:.1} GiB memory, {}; {}; first written {}.\n",
-            m.cpu, m.cores, m.memory_gib, m.os, m.rustc, m.date
-        )
+        file_header(&self.machine)
     }
 
     /// Marginal server memory per connected device at a step, KiB.
@@ -195,7 +187,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut o = String::new();
         let m = &self.machine;
-        let _ = writeln!(o, "{HEADING}\n");
+        let _ = writeln!(o, "{CONNECTIONS_HEADING}\n");
         let _ = writeln!(
             o,
             "Measured {} on {} ({} cores, {:.1} GiB, {}; {}). The load generator runs on the \
@@ -568,6 +560,18 @@ impl Report {
     }
 }
 
+/// The header of docs/BENCHMARKS.md, written when the file is new.
+pub fn file_header(m: &Machine) -> String {
+    format!(
+        "# Benchmarks\n\n\
+         Figures measured with `drover-bench` (tests/bench) against the real `drover` \
+         release binary; each section names the command that produced it, and rerunning \
+         it with `--out docs/BENCHMARKS.md` replaces that section.\n\n\
+         Machine: {} ({} cores), {:.1} GiB memory, {}; {}; first written {}.\n",
+        m.cpu, m.cores, m.memory_gib, m.os, m.rustc, m.date
+    )
+}
+
 fn threads_text(threads: &[(String, f64)]) -> String {
     if threads.is_empty() {
         return "–".into();
@@ -590,12 +594,12 @@ fn errors_list(o: &mut String, errors: &[(String, u64)]) {
     o.push('\n');
 }
 
-/// Writes `section` into `path`: replaces an earlier "## Connections" section
+/// Writes `section` into `path`: replaces an earlier section under `heading`
 /// (up to the next `## ` heading), appends it otherwise, and creates the file
 /// with `header` when it does not exist.
-pub fn write_section(path: &Path, header: &str, section: &str) -> Result<()> {
+pub fn write_section(path: &Path, header: &str, heading: &str, section: &str) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
-        Ok(existing) => replace_section(&existing, section),
+        Ok(existing) => replace_section(&existing, heading, section),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{header}\n{section}"),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
@@ -605,7 +609,7 @@ pub fn write_section(path: &Path, header: &str, section: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn replace_section(existing: &str, section: &str) -> String {
+fn replace_section(existing: &str, heading: &str, section: &str) -> String {
     let lines: Vec<&str> = existing.lines().collect();
     let mut in_code = false;
     let mut start = None;
@@ -617,7 +621,7 @@ fn replace_section(existing: &str, section: &str) -> String {
         if in_code {
             continue;
         }
-        if start.is_none() && line.trim_end() == HEADING {
+        if start.is_none() && line.trim_end() == heading {
             start = Some(i);
         } else if start.is_some() && line.starts_with("## ") {
             end = i;
@@ -657,7 +661,7 @@ mod tests {
     #[test]
     fn the_section_is_replaced_and_its_neighbours_kept() {
         let old = "# Benchmarks\n\nintro\n\n## Connections\n\nold figures\n```sh\n## not a heading\n```\n\n## Telemetry\n\nkept\n";
-        let new = replace_section(old, "## Connections\n\nnew figures\n");
+        let new = replace_section(old, CONNECTIONS_HEADING, "## Connections\n\nnew figures\n");
         assert_eq!(
             new,
             "# Benchmarks\n\nintro\n\n## Connections\n\nnew figures\n\n## Telemetry\n\nkept\n"
@@ -668,6 +672,7 @@ mod tests {
     fn a_missing_section_is_appended() {
         let new = replace_section(
             "# Benchmarks\n\n## Telemetry\n\nkept\n",
+            CONNECTIONS_HEADING,
             "## Connections\n\nx\n",
         );
         assert_eq!(
