@@ -493,6 +493,7 @@ fn start_mqtt(
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
         upstream: Upstream::start(broker.addr, broker.secret, sessions.clone()),
         store: store.clone(),
+        link: link.clone(),
         sessions: sessions.clone(),
         metrics: metrics.clone(),
     });

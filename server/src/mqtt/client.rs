@@ -81,6 +81,8 @@ pub struct MqttLink {
     ingest: Option<tokio::sync::mpsc::Sender<Inbound>>,
     /// When the last device message arrived (ms), for draining at stop.
     last_inbound: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// True once the broker acknowledged every subscription of this link.
+    ready: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for MqttLink {
@@ -115,6 +117,7 @@ impl MqttLink {
             events,
             ingest,
             last_inbound: Default::default(),
+            ready: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
         };
         let task = tokio::spawn(link.clone().drive(eventloop, store));
         (link, task)
@@ -129,6 +132,14 @@ impl MqttLink {
             .as_ref()
             .map_or(0, |q| q.max_capacity() - q.capacity());
         (now_ms().saturating_sub(last), queued)
+    }
+
+    /// Resolves once the broker has acknowledged every subscription: a
+    /// broker drops (and acknowledges!) messages no subscription matches, so
+    /// devices must not be let in before this.
+    pub async fn subscribed(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// Receives every message devices publish from now on.
@@ -153,10 +164,18 @@ impl MqttLink {
 
     async fn drive(self, mut eventloop: EventLoop, store: Store) {
         let mut failures = 0u32;
+        let mut acknowledged = 0usize;
         loop {
             match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    acknowledged += 1;
+                    if acknowledged >= self.subscriptions.len() {
+                        self.ready.send_replace(true);
+                    }
+                }
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
+                    acknowledged = 0;
                     tracing::info!("connected to the MQTT broker");
                     for &filter in self.subscriptions {
                         if let Err(e) = self.client.subscribe(filter, QoS::AtLeastOnce).await {

@@ -177,6 +177,8 @@ pub struct Gateway {
     pub upstream: Upstream,
     /// The store (device status).
     pub store: Store,
+    /// The server's own link: devices wait until its subscriptions stand.
+    pub link: crate::mqtt::client::MqttLink,
     /// Open sessions.
     pub sessions: Arc<Sessions>,
     /// Counters.
@@ -214,6 +216,9 @@ impl Gateway {
                 }
             });
         }
+        // Until the server's subscriptions stand, the broker would acknowledge
+        // and drop what devices send; their connections wait in the backlog.
+        self.link.subscribed().await;
         let mut connection = 0u64;
         let mut accept_errors = 0u64;
         loop {
