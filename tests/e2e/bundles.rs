@@ -17,7 +17,7 @@ fn sha_hex(bytes: &[u8]) -> String {
 }
 
 /// Bytes that differ from test to test and are not all one value.
-fn sample(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn sample(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
@@ -34,13 +34,13 @@ async fn upload(app: &TestApp, token: &str, name: &str, bytes: Vec<u8>) -> reqwe
         .expect("upload")
 }
 
-async fn artifact(app: &TestApp, token: &str, name: &str, bytes: Vec<u8>) -> Value {
+pub(crate) async fn artifact(app: &TestApp, token: &str, name: &str, bytes: Vec<u8>) -> Value {
     let res = upload(app, token, name, bytes).await;
     assert_eq!(res.status(), 201, "upload {name}");
     res.json().await.expect("json")
 }
 
-fn bundle_body(name: &str, version: &str, artifacts: &[&Value]) -> Value {
+pub(crate) fn bundle_body(name: &str, version: &str, artifacts: &[&Value]) -> Value {
     json!({
         "name": name, "kind": "model", "version": version, "device_types": ["rpi4"],
         "installer": "files", "expires_in_days": 30,
@@ -48,7 +48,7 @@ fn bundle_body(name: &str, version: &str, artifacts: &[&Value]) -> Value {
     })
 }
 
-async fn create_bundle(app: &TestApp, token: &str, body: &Value) -> Value {
+pub(crate) async fn create_bundle(app: &TestApp, token: &str, body: &Value) -> Value {
     let res = app.post_json(token, "/api/v1/bundles", body).await;
     let status = res.status();
     let answer: Value = res.json().await.expect("json");

@@ -18,3 +18,4 @@ mod mqtt;
 mod ops;
 mod telemetry;
 mod telemetry_agent;
+mod updates;

@@ -70,6 +70,9 @@ pub struct DeviceView {
     pub last_seen_at: Option<String>,
     /// The newest certificate.
     pub certificate: Option<CertificateView>,
+    /// The device's newest update report (in the single-device view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update: Option<crate::updates::DeviceUpdate>,
 }
 
 impl DeviceView {
@@ -87,6 +90,7 @@ impl DeviceView {
             updated_at: rfc3339(d.updated_at),
             last_seen_at: d.last_seen_at.map(rfc3339),
             certificate: cert.map(|c| CertificateView::new(c, now)),
+            update: None,
         }
     }
 }
@@ -147,12 +151,9 @@ pub async fn device(store: &crate::store::Store, id: &str) -> crate::error::Resu
     let d = super::devices::require(store, id).await?;
     let tags = super::devices::tags(store, id).await?;
     let certs = super::devices::latest_certificates(store, std::slice::from_ref(&d.id)).await?;
-    Ok(DeviceView::new(
-        d,
-        tags,
-        certs.get(id),
-        crate::store::now_ms(),
-    ))
+    let mut view = DeviceView::new(d, tags, certs.get(id), crate::store::now_ms());
+    view.update = crate::updates::latest(store, id).await?;
+    Ok(view)
 }
 
 /// One page of devices with their tags and newest certificates.

@@ -128,6 +128,8 @@ pub fn app(
                 .service(ca_certificate)
                 .service(trust)
                 .service(blob)
+                .service(update_offer)
+                .service(update_status)
                 .default_service(web::to(super::errors::api_not_found)),
         )
         .default_service(web::to(super::errors::api_not_found))
@@ -420,4 +422,37 @@ async fn blob(
         ));
     }
     Ok(res.no_chunking(len).streaming(stream))
+}
+
+/// The update offered to this device now, or 204.
+#[get("/update")]
+async fn update_offer(
+    state: web::Data<DeviceState>,
+    caller: DeviceCaller,
+) -> ApiResult<HttpResponse> {
+    Ok(
+        match crate::updates::current_offer(&state.identity.store, &caller.device.id).await? {
+            Some(offer) => HttpResponse::Ok().json(offer),
+            None => HttpResponse::NoContent().finish(),
+        },
+    )
+}
+
+/// A status report on an offered update (the agent's outbox resends until
+/// it gets an answer, so every answer to a well-formed report is 200).
+#[post("/update/{rollout_id}/status")]
+async fn update_status(
+    state: web::Data<DeviceState>,
+    caller: DeviceCaller,
+    rollout_id: web::Path<String>,
+    body: Json<crate::updates::StatusReport>,
+) -> ApiResult<HttpResponse> {
+    let recorded = crate::updates::record(
+        &state.identity.store,
+        &caller.device.id,
+        &rollout_id,
+        &body.0,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(recorded))
 }
