@@ -9,6 +9,7 @@ mod auth;
 mod blobs_s3;
 mod browser;
 mod bundles;
+mod bundles_agent;
 mod cli;
 mod dashboard;
 mod identity;
