@@ -437,3 +437,50 @@ async fn presence_changes_are_events_and_silent_devices_go_offline() {
         .collect();
     assert_eq!(kinds, vec!["online", "offline", "online"], "newest first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubacked_reading_is_already_stored() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let d = app.enrolled_device(&admin).await;
+    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
+    let t0 = now_ms() - 60_000;
+    let d_topic = d.topic("telemetry");
+    let messages = 200;
+    // Publish from a task: the client's request queue is small and only
+    // drains while the event loop below is polled.
+    let publisher = tokio::spawn(async move {
+        for m in 0..messages {
+            let batch: Vec<Value> = (0..10)
+                .map(|i| {
+                    let seq = m * 10 + i + 1;
+                    json!({"seq": seq, "ts": t0 + seq, "metrics": {"load": seq as f64}})
+                })
+                .collect();
+            client
+                .publish(
+                    d_topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    json!({"epoch": "c0ffee", "batch": batch}).to_string(),
+                )
+                .await
+                .expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < messages {
+        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("after {acked} acknowledgements: {other:?}"),
+        }
+    }
+    let _client = publisher.await.expect("publisher");
+    // No waiting: the device dropped these from its spool on PUBACK.
+    let stored = count(&app, &admin, &d.id, "load").await;
+    assert_eq!(stored, 2000, "every acknowledged reading is stored by then");
+}

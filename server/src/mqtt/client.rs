@@ -31,24 +31,50 @@ pub struct Inbound {
 
 /// Acknowledges a QoS 1 message once whoever stores it has committed.
 #[derive(Clone)]
-struct Acker {
-    client: AsyncClient,
-    publish: std::sync::Arc<rumqttc::Publish>,
+pub(crate) enum Acker {
+    /// A message the server's broker session received.
+    Broker {
+        client: AsyncClient,
+        publish: std::sync::Arc<rumqttc::Publish>,
+    },
+    /// A message a device session at the embedded broker's gateway received:
+    /// the device hears its PUBACK only once the message is stored.
+    Session {
+        tx: tokio::sync::mpsc::UnboundedSender<crate::mqtt::gateway::ToDevice>,
+        pkid: u16,
+    },
 }
 
 impl std::fmt::Debug for Acker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Acker(pkid {})", self.publish.pkid)
+        match self {
+            Acker::Broker { publish, .. } => write!(f, "Acker(broker pkid {})", publish.pkid),
+            Acker::Session { pkid, .. } => write!(f, "Acker(session pkid {pkid})"),
+        }
+    }
+}
+
+impl Acker {
+    async fn ack(&self) {
+        match self {
+            Acker::Broker { client, publish } => {
+                if let Err(e) = client.ack(publish).await {
+                    tracing::warn!(error = %e, "cannot acknowledge a message");
+                }
+            }
+            // A session that has gone away needs no acknowledgement.
+            Acker::Session { tx, pkid } => {
+                let _ = tx.send(crate::mqtt::gateway::ToDevice::PubAck(*pkid));
+            }
+        }
     }
 }
 
 impl Inbound {
-    /// Tells the broker the message is safe (stored); until then it redelivers it.
+    /// Tells the sender the message is safe (stored); until then it is sent again.
     pub async fn ack(&self) {
-        if let Some(a) = &self.ack
-            && let Err(e) = a.client.ack(&a.publish).await
-        {
-            tracing::warn!(error = %e, "cannot acknowledge a message");
+        if let Some(a) = &self.ack {
+            a.ack().await;
         }
     }
 }
@@ -61,16 +87,13 @@ pub const SHARED_SUBSCRIPTIONS: [&str; 3] = [
     "$share/drover/drover/v1/devices/+/state",
 ];
 
-/// The server's subscriptions on the embedded broker, which serves exactly
-/// one server. Not shared: rumqttd 0.20 keys a shared group by name with one
-/// cursor (two filters in a group skip each other's messages), and its router
-/// panics when a persistent shared subscriber disconnects with messages in
-/// flight, which would take the whole broker down.
-pub const PLAIN_SUBSCRIPTIONS: [&str; 3] = [
-    "drover/v1/devices/+/telemetry",
-    "drover/v1/devices/+/health",
-    "drover/v1/devices/+/state",
-];
+/// The server's subscription on the embedded broker, which serves exactly
+/// one server: only `state` (retained, and the last wills) travels through
+/// it, because the gateway hands telemetry and health to the server in
+/// process (see `route`). Not shared: rumqttd 0.20 keys a shared group by
+/// name with one cursor, and its router panics when a persistent shared
+/// subscriber disconnects with messages in flight.
+pub const PLAIN_SUBSCRIPTIONS: [&str; 1] = ["drover/v1/devices/+/state"];
 
 /// The server's connection to the broker.
 #[derive(Clone)]
@@ -185,11 +208,11 @@ impl MqttLink {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     // Telemetry and health are acknowledged by ingest after they are stored.
-                    if !self.dispatch(&store, publish.clone()).await
-                        && let Err(e) = self.client.ack(&publish).await
-                    {
-                        tracing::warn!(error = %e, "cannot acknowledge a message");
-                    }
+                    let acker = Acker::Broker {
+                        client: self.client.clone(),
+                        publish: std::sync::Arc::new(publish),
+                    };
+                    self.dispatch(&store, acker).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -206,17 +229,42 @@ impl MqttLink {
         }
     }
 
-    /// Hands a message on; answers true when ingest took it (and will acknowledge it).
-    async fn dispatch(&self, store: &Store, publish: rumqttc::Publish) -> bool {
-        self.last_inbound
-            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    /// Hands on a message from the broker, acknowledging it when ingest does not take it.
+    async fn dispatch(&self, store: &Store, acker: Acker) {
+        let Acker::Broker { publish, .. } = &acker else {
+            return;
+        };
         let Ok((device, kind)) = parse_topic(&publish.topic, PrefixShape::Plain) else {
             tracing::warn!(topic = %publish.topic, "a message on a topic the server does not handle");
-            return false;
+            acker.ack().await;
+            return;
         };
-        let device_id = device.as_str().to_string();
+        let payload = publish.payload.clone();
+        self.route(
+            store,
+            device.as_str().to_string(),
+            kind,
+            payload,
+            Some(acker),
+        )
+        .await;
+    }
+
+    /// Hands a device's message on: presence for `state`, ingest for
+    /// telemetry and health (which acknowledges once stored); anything not
+    /// taken by ingest is acknowledged here.
+    pub(crate) async fn route(
+        &self,
+        store: &Store,
+        device_id: String,
+        kind: TopicKind,
+        payload: Bytes,
+        ack: Option<Acker>,
+    ) {
+        self.last_inbound
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         if kind == TopicKind::State {
-            match serde_json::from_slice::<Presence>(&publish.payload) {
+            match serde_json::from_slice::<Presence>(&payload) {
                 Ok(p) => match devices::set_online(store, &device_id, p.online, p.ts).await {
                     Ok(true) => {
                         let (kind, detail) = if p.online {
@@ -248,30 +296,29 @@ impl MqttLink {
                 Err(e) => tracing::warn!(device_id, error = %e, "cannot record contact"),
             }
         }
-        let stored_by_ingest =
-            matches!(kind, TopicKind::Telemetry | TopicKind::Health) && self.ingest.is_some();
         let inbound = Inbound {
             device_id,
             kind,
-            payload: publish.payload.clone(),
+            payload,
             received_at: now_ms(),
-            ack: stored_by_ingest.then(|| Acker {
-                client: self.client.clone(),
-                publish: std::sync::Arc::new(publish),
-            }),
-        };
-        let _ = self.events.send(Inbound {
             ack: None,
-            ..inbound.clone()
-        });
-        if stored_by_ingest && let Some(queue) = &self.ingest {
-            // A full queue holds the event loop here: back-pressure reaches the
-            // broker, which keeps the messages for this persistent session.
-            if queue.send(inbound).await.is_err() {
-                tracing::error!("the ingest worker has stopped; messages stay unacknowledged");
+        };
+        let _ = self.events.send(inbound.clone());
+        let stored_by_ingest = matches!(kind, TopicKind::Telemetry | TopicKind::Health);
+        match (&self.ingest, stored_by_ingest) {
+            (Some(queue), true) => {
+                // A full queue holds the caller here: back-pressure reaches the
+                // broker (which keeps the messages for this persistent session)
+                // or the device's session at the gateway.
+                if queue.send(Inbound { ack, ..inbound }).await.is_err() {
+                    tracing::error!("the ingest worker has stopped; messages stay unacknowledged");
+                }
             }
-            return true;
+            _ => {
+                if let Some(a) = ack {
+                    a.ack().await;
+                }
+            }
         }
-        false
     }
 }

@@ -25,7 +25,8 @@ use crate::identity::devices::{self, Status};
 use crate::identity::revocation::serial_of;
 use crate::store::Store;
 
-use session::{End, ToDevice};
+use session::End;
+pub(crate) use session::ToDevice;
 pub use upstream::Upstream;
 
 /// How long a client may take for the TLS handshake.
@@ -293,7 +294,12 @@ impl Gateway {
         };
         let end = match sent.await {
             Ok(()) => {
-                session::run(&mut tls, &mut buf, &accepted, &self.upstream, &tx, &mut rx).await
+                let routes = session::Routes {
+                    upstream: &self.upstream,
+                    link: &self.link,
+                    store: &self.store,
+                };
+                session::run(&mut tls, &mut buf, &accepted, &routes, &tx, &mut rx).await
             }
             Err(e) => End::Lost(Refusal("closed", e.to_string())),
         };

@@ -15,9 +15,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use drover_proto::TopicKind;
+
 use super::Refusal;
 use super::upstream::{Forward, Upstream};
 use crate::mqtt::broker::MAX_PACKET_BYTES;
+use crate::mqtt::client::Acker;
 
 /// How long a device may take to send its CONNECT after the TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,10 +32,11 @@ const MAX_UNACKED: usize = 64;
 /// How long one write to a device may take before the device counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the rest of the gateway tells a session.
+/// What the rest of the server tells a session.
 #[derive(Debug)]
 pub enum ToDevice {
-    /// The broker has the device's message with this packet id.
+    /// The device's message with this packet id is safe: stored (telemetry,
+    /// health) or held by the broker (state).
     PubAck(u16),
     /// A command for the device.
     Command(Box<Publish>),
@@ -127,12 +131,23 @@ pub enum End {
     Lost(Refusal),
 }
 
+/// Where a session's messages go: telemetry and health to the server in
+/// process (acknowledged to the device once stored), `state` to the broker.
+pub struct Routes<'a> {
+    /// The broker link (state, wills).
+    pub upstream: &'a Upstream,
+    /// The server's link, whose `route` stores telemetry and health.
+    pub link: &'a crate::mqtt::client::MqttLink,
+    /// The store.
+    pub store: &'a crate::store::Store,
+}
+
 /// Runs an accepted session until it ends.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     accepted: &Accepted,
-    upstream: &Upstream,
+    routes: &Routes<'_>,
     tx: &mpsc::UnboundedSender<ToDevice>,
     rx: &mut mpsc::UnboundedReceiver<ToDevice>,
 ) -> End {
@@ -143,6 +158,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         .then(|| Duration::from_millis(u64::from(accepted.keep_alive) * 1500));
     let mut deadline = idle.map(|d| Instant::now() + d);
     let mut session = Session {
+        device_id: accepted.device_id.clone(),
         prefix,
         commands,
         subscribed: None,
@@ -157,7 +173,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(0) => Err(End::Lost(Refusal("closed", "the device closed the connection".into()))),
                 Ok(_) => {
                     deadline = idle.map(|d| Instant::now() + d);
-                    session.packets(buf, upstream, tx).await
+                    session.packets(buf, routes, tx).await
                 }
                 Err(e) => Err(End::Lost(Refusal("closed", e.to_string()))),
             },
@@ -200,6 +216,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 struct Session {
+    device_id: String,
     prefix: String,
     commands: String,
     /// The QoS the device subscribed to its commands with.
@@ -216,7 +233,7 @@ impl Session {
     async fn packets(
         &mut self,
         buf: &mut BytesMut,
-        upstream: &Upstream,
+        routes: &Routes<'_>,
         tx: &mpsc::UnboundedSender<ToDevice>,
     ) -> Result<(), End> {
         loop {
@@ -225,7 +242,7 @@ impl Session {
                 Err(rumqttc::Error::InsufficientBytes(_)) => break,
                 Err(e) => return Err(End::Lost(Refusal("malformed", e.to_string()))),
             };
-            self.packet(packet, upstream, tx).await?;
+            self.packet(packet, routes, tx).await?;
         }
         // An idle session should not keep a large buffer from a burst.
         if buf.is_empty() && buf.capacity() > 16 * 1024 {
@@ -237,7 +254,7 @@ impl Session {
     async fn packet(
         &mut self,
         packet: Packet,
-        upstream: &Upstream,
+        routes: &Routes<'_>,
         tx: &mpsc::UnboundedSender<ToDevice>,
     ) -> Result<(), End> {
         match packet {
@@ -255,6 +272,21 @@ impl Session {
                         Some((tx.clone(), p.pkid))
                     }
                 };
+                let kind = match p.topic.strip_prefix(&self.prefix) {
+                    Some("telemetry") => Some(TopicKind::Telemetry),
+                    Some("health") => Some(TopicKind::Health),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    // In process, so the device's PUBACK means stored: the
+                    // in-memory broker would acknowledge before the commit.
+                    let ack = ack.map(|(tx, pkid)| Acker::Session { tx, pkid });
+                    routes
+                        .link
+                        .route(routes.store, self.device_id.clone(), kind, p.payload, ack)
+                        .await;
+                    return Ok(());
+                }
                 let forward = Forward {
                     topic: p.topic,
                     payload: p.payload,
@@ -266,7 +298,7 @@ impl Session {
                     retain: p.retain,
                     ack,
                 };
-                if !upstream.forward(forward).await {
+                if !routes.upstream.forward(forward).await {
                     return Err(End::Lost(Refusal(
                         "upstream",
                         "the server is stopping".into(),
