@@ -128,27 +128,36 @@ pub async fn run(state: &StateDir) -> Result<()> {
 
 /// Acts on the server's commands, one at a time; never returns while `run` lives.
 async fn serve_commands(state: StateDir, mut commands: mpsc::Receiver<Command>) {
+    // A `refresh_trust` sent while the device was away is lost with its
+    // session, so every start asks for the current trust document once.
+    refresh_trust(&state, true).await;
     while let Some(command) = commands.recv().await {
         match command {
-            Command::RefreshTrust => match trust::refresh(&state, crate::now).await {
-                Ok(Taken::Updated {
-                    from,
-                    to,
-                    root_changed,
-                }) => tracing::info!(from, to, root_changed, "took a new trust document"),
-                Ok(Taken::Unchanged { version }) => {
-                    tracing::info!(version, "the trust document is current")
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "kept the held trust document");
-                }
-            },
+            Command::RefreshTrust => refresh_trust(&state, false).await,
             other => {
                 tracing::info!(command = ?other, "no handler yet; the update engine will act on it")
             }
         }
     }
     std::future::pending().await
+}
+
+/// Fetches and takes a newer trust document; at start an unreachable server is expected.
+async fn refresh_trust(state: &StateDir, at_start: bool) {
+    match trust::refresh(state, crate::now).await {
+        Ok(Taken::Updated {
+            from,
+            to,
+            root_changed,
+        }) => tracing::info!(from, to, root_changed, "took a new trust document"),
+        Ok(Taken::Unchanged { version }) => {
+            tracing::debug!(version, "the trust document is current")
+        }
+        Err(error) if at_start => {
+            tracing::info!(%error, "cannot check the trust document now; it is checked again when the server says so")
+        }
+        Err(error) => tracing::warn!(%error, "kept the held trust document"),
+    }
 }
 
 /// The device clock in milliseconds since the Unix epoch.

@@ -188,3 +188,53 @@ async fn offline_root_mode_signs_bundles_agents_accept_without_the_root_on_the_s
     );
     assert!(ok, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_takes_a_trust_document_published_while_it_was_away() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let token = app.enrollment_token(&admin, json!({"uses": 1})).await;
+    let state = app.scratch().join("agent");
+    let out = drover_tests::agent(&state)
+        .args([
+            "enroll",
+            "--server",
+            &app.device_base,
+            "--token",
+            token["token"].as_str().expect("token"),
+            "--ca-hash",
+            &app.ca_hash,
+        ])
+        .output()
+        .await
+        .expect("enroll");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = || {
+        let text = std::fs::read_to_string(state.join("trust.json")).expect("trust.json");
+        let envelope = drover_proto::Envelope::from_json(text.as_bytes()).expect("envelope");
+        drover_proto::TrustDocument::from_json(envelope.payload())
+            .expect("document")
+            .version
+    };
+    assert_eq!(held(), 1);
+    // Rotated while the agent is not running: the refresh_trust command finds no one.
+    let res = app
+        .post_json(&admin, "/api/v1/keys/rotate", &json!({}))
+        .await;
+    assert_eq!(res.status(), 201);
+    // Past the server's announcement (it looks for new documents every 5 s).
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let mut daemon = drover_tests::agent(&state).arg("run").spawn().expect("run");
+    let took =
+        drover_tests::wait_until(std::time::Duration::from_secs(15), || async { held() == 2 })
+            .await;
+    let _ = daemon.kill().await;
+    assert!(
+        took,
+        "the agent takes the newer trust document when it starts"
+    );
+}
