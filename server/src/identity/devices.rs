@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::on_store;
 use crate::paging::Page;
 use crate::store::{Store, now_ms};
+use crate::telemetry::events;
 
 /// A device's lifecycle status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -363,16 +364,30 @@ pub async fn record_certificate(store: &Store, cert: &DeviceCertificate) -> Resu
     Ok(())
 }
 
-/// Marks a device seen now (and online: it is talking); answers true when it was offline.
+/// Notes a message from a device; one that was offline comes back online
+/// with its "heard from again" event in the same transaction, so whoever sees
+/// it online also sees why. Answers true when it came back.
 pub async fn touch(store: &Store, id: &str) -> Result<bool> {
     let now = now_ms();
-    let came_online = on_store!(store, pool => sqlx::query(
-        "UPDATE devices SET online = TRUE, last_seen_at = $1 WHERE id = $2 AND NOT online")
+    // The common case, a device already online, is one statement.
+    let seen = on_store!(store, pool => sqlx::query(
+        "UPDATE devices SET last_seen_at = $1 WHERE id = $2 AND online")
         .bind(now).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
-    if came_online == 0 {
-        on_store!(store, pool => sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE id = $2")
-            .bind(now).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+    if seen == 1 {
+        return Ok(false);
     }
+    let detail = events::clip("heard from again");
+    let came_online = on_store!(store, pool => {
+        let mut tx = pool.begin().await?;
+        let n = sqlx::query("UPDATE devices SET online = TRUE, last_seen_at = $1 WHERE id = $2 AND NOT online")
+            .bind(now).bind(id).execute(&mut *tx).await?.rows_affected();
+        if n == 1 {
+            sqlx::query(events::INSERT).bind(id).bind(now).bind("online").bind(&detail)
+                .execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(n)
+    })?;
     Ok(came_online == 1)
 }
 
@@ -445,22 +460,35 @@ pub async fn count_by_presence(store: &Store) -> Result<PresenceCounts> {
     })
 }
 
-/// Records a device's presence from its `state` topic (and its last contact);
-/// a message stamped before the last applied one is stale (a last will
-/// delivered after the reconnect) and changes nothing. Answers true when the
-/// presence changed.
+/// Records a device's presence from its `state` topic (and its last contact),
+/// with its presence event in the same transaction; a message stamped before
+/// the last applied one is stale (a last will delivered after the reconnect)
+/// and changes nothing. Answers true when the presence changed.
 pub async fn set_online(store: &Store, id: &str, online: bool, ts: i64) -> Result<bool> {
     let now = now_ms();
-    let changed = on_store!(store, pool => sqlx::query(
-        "UPDATE devices SET online = $1, presence_ts = $4, last_seen_at = $2
-         WHERE id = $3 AND online <> $1 AND presence_ts <= $4")
-        .bind(online).bind(now).bind(id).bind(ts).execute(pool).await.map(|r| r.rows_affected()))?;
-    if changed == 0 {
-        on_store!(store, pool => sqlx::query(
-            "UPDATE devices SET last_seen_at = $1, presence_ts = CASE WHEN presence_ts < $3 THEN $3 ELSE presence_ts END
-             WHERE id = $2")
-            .bind(now).bind(id).bind(ts).execute(pool).await.map(|r| r.rows_affected()))?;
-    }
+    let (kind, detail) = if online {
+        ("online", "connected")
+    } else {
+        ("offline", "disconnected (its state or last will)")
+    };
+    let changed = on_store!(store, pool => {
+        let mut tx = pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE devices SET online = $1, presence_ts = $4, last_seen_at = $2
+             WHERE id = $3 AND online <> $1 AND presence_ts <= $4")
+            .bind(online).bind(now).bind(id).bind(ts).execute(&mut *tx).await?.rows_affected();
+        if n == 1 {
+            sqlx::query(events::INSERT).bind(id).bind(now).bind(kind).bind(detail)
+                .execute(&mut *tx).await?;
+        } else {
+            sqlx::query(
+                "UPDATE devices SET last_seen_at = $1, presence_ts = CASE WHEN presence_ts < $3 THEN $3 ELSE presence_ts END
+                 WHERE id = $2")
+                .bind(now).bind(id).bind(ts).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(n)
+    })?;
     Ok(changed == 1)
 }
 

@@ -13,7 +13,6 @@ use tokio::sync::broadcast;
 use crate::error::{Error, Result};
 use crate::identity::devices;
 use crate::store::{Store, now_ms};
-use crate::telemetry::events;
 
 /// A message a device published.
 #[derive(Debug, Clone)]
@@ -263,38 +262,20 @@ impl MqttLink {
     ) {
         self.last_inbound
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        // Presence changes record their own events in the same transaction.
         if kind == TopicKind::State {
             match serde_json::from_slice::<Presence>(&payload) {
-                Ok(p) => match devices::set_online(store, &device_id, p.online, p.ts).await {
-                    Ok(true) => {
-                        let (kind, detail) = if p.online {
-                            ("online", "connected")
-                        } else {
-                            ("offline", "disconnected (its state or last will)")
-                        };
-                        if let Err(e) = events::record(store, &device_id, kind, detail).await {
-                            tracing::warn!(device_id, error = %e, "cannot record a presence event");
-                        }
+                Ok(p) => {
+                    if let Err(e) = devices::set_online(store, &device_id, p.online, p.ts).await {
+                        tracing::warn!(device_id, error = %e, "cannot record presence");
                     }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(device_id, error = %e, "cannot record presence"),
-                },
+                }
                 Err(e) => {
                     tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}")
                 }
             }
-        } else {
-            match devices::touch(store, &device_id).await {
-                Ok(true) => {
-                    if let Err(e) =
-                        events::record(store, &device_id, "online", "heard from again").await
-                    {
-                        tracing::warn!(device_id, error = %e, "cannot record a presence event");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(device_id, error = %e, "cannot record contact"),
-            }
+        } else if let Err(e) = devices::touch(store, &device_id).await {
+            tracing::warn!(device_id, error = %e, "cannot record contact");
         }
         let inbound = Inbound {
             device_id,

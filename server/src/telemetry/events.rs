@@ -12,11 +12,19 @@ use crate::timefmt::rfc3339;
 /// Longest detail kept.
 const MAX_DETAIL: usize = 2000;
 
+/// The insert every event takes, also inside a caller's transaction.
+pub(crate) const INSERT: &str =
+    "INSERT INTO device_events (device_id, at, kind, detail) VALUES ($1, $2, $3, $4)";
+
+/// A detail cut to the longest kept.
+pub(crate) fn clip(detail: &str) -> String {
+    detail.chars().take(MAX_DETAIL).collect()
+}
+
 /// Records an event.
 pub async fn record(store: &Store, device_id: &str, kind: &str, detail: &str) -> Result<()> {
-    let detail: String = detail.chars().take(MAX_DETAIL).collect();
-    on_store!(store, pool => sqlx::query(
-        "INSERT INTO device_events (device_id, at, kind, detail) VALUES ($1, $2, $3, $4)")
+    let detail = clip(detail);
+    on_store!(store, pool => sqlx::query(INSERT)
         .bind(device_id).bind(now_ms()).bind(kind).bind(&detail)
         .execute(pool).await.map(|r| r.rows_affected()))?;
     Ok(())

@@ -80,18 +80,23 @@ pub async fn mark_silent_offline(
     now: i64,
 ) -> Result<Vec<String>> {
     let cut = cutoff(now, offline_after);
-    let ids: Vec<String> = on_store!(store, pool => sqlx::query_scalar(
-        "UPDATE devices SET online = FALSE WHERE online AND (last_seen_at IS NULL OR last_seen_at < $1) RETURNING id")
-        .bind(cut).fetch_all(pool).await)?;
-    for id in &ids {
-        super::events::record(
-            store,
-            id,
-            "offline",
-            &format!("no message for {}", crate::duration::format(offline_after)),
-        )
-        .await?;
-    }
+    let detail = super::events::clip(&format!(
+        "no message for {}",
+        crate::duration::format(offline_after)
+    ));
+    // Marked offline and its event together: nobody sees one without the other.
+    let ids: Vec<String> = on_store!(store, pool => {
+        let mut tx = pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE devices SET online = FALSE WHERE online AND (last_seen_at IS NULL OR last_seen_at < $1) RETURNING id")
+            .bind(cut).fetch_all(&mut *tx).await?;
+        for id in &ids {
+            sqlx::query(super::events::INSERT).bind(id).bind(now_ms()).bind("offline").bind(&detail)
+                .execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(ids)
+    })?;
     Ok(ids)
 }
 
