@@ -40,9 +40,14 @@ max_defer_s = 3600
 # confirm = "/usr/local/bin/confirm-slot"
 #
 # [health]
-# command = "/usr/local/bin/selftest"   # exit 0 = healthy; runs after install (and after the reboot)
+# command = "/usr/local/bin/selftest"   # exit 0 = healthy; runs once after install (and after the
+#                                       # reboot); a failure or timeout reverts
 # timeout_s = 60
-# commit_window_s = 300
+# commit_window_s = 300                 # longest the commit may take (reaching the server included)
+#
+# Installer, restart and health commands run through `sh -c` with DROVER_AGENT_PID,
+# DROVER_STATE_DIR, DROVER_BUNDLE_NAME, DROVER_BUNDLE_KIND, DROVER_BUNDLE_VERSION and
+# DROVER_PREVIOUS_VERSION set.
 
 # Device programs hand readings to STATE_DIR/intake.sock; this also takes them over HTTP
 # (POST /v1/telemetry, no authentication: loopback addresses only). Off unless set.
@@ -142,7 +147,8 @@ pub struct HealthConfig {
     /// Longest one run of `command` may take, in seconds.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
-    /// How long after an install the device must stay healthy before it commits, in seconds.
+    /// Longest the commit may take after an install (the health check, then reaching the server
+    /// where required), in seconds.
     #[serde(default = "default_commit_window_s")]
     pub commit_window_s: u64,
 }

@@ -1,8 +1,9 @@
 //! `drover-agent run`: the daemon. Validates `agent.toml`, keeps the device's identity alive,
 //! serves the local intake (socket, and HTTP when configured), publishes spooled readings and
-//! health over MQTT and acts on the server's commands (`refresh_trust` for now), until SIGTERM or
-//! Ctrl-C: then it says `{"online":false}` (best effort), removes its socket and exits 0. The
-//! update engine joins it here.
+//! health over MQTT, runs the update engine and its status outbox, and acts on the server's
+//! commands, until SIGTERM or Ctrl-C: then it says `{"online":false}` (best effort), removes its
+//! socket and exits 0. Everything the update engine does is journaled before it happens, so a
+//! stop at any moment is safe: the next start resumes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::report::publisher::{Publisher, PublisherConfig};
 use crate::report::spool::{SPOOL_DIR, Spool};
 use crate::state::{CONFIG_FILE, StateDir};
 use crate::trust::{self, Taken};
+use crate::update::{self, Engine, Order};
 
 /// Commands received and not yet acted on.
 const COMMAND_QUEUE: usize = 16;
@@ -82,6 +84,7 @@ pub async fn run(state: &StateDir) -> Result<()> {
             mqtt_url: enrolled.enrollment.mqtt_url.clone(),
             topic_prefix: enrolled.enrollment.mqtt_topic_prefix.clone(),
             heartbeat: Duration::from_secs(config.heartbeat_s),
+            shared: shared.clone(),
         },
         spool,
         spooled,
@@ -96,6 +99,15 @@ pub async fn run(state: &StateDir) -> Result<()> {
         enrolled.certificate,
         enrolled.ca_der,
     );
+    let outbox = Arc::new(Notify::new());
+    let engine = Engine::new(
+        state.clone(),
+        config.clone(),
+        Some(shared.clone()),
+        Arc::clone(&outbox),
+        true,
+    );
+    let (orders_in, orders) = mpsc::channel(COMMAND_QUEUE);
     let stop = stop_signal()?;
     let http_intake = {
         let intake = intake.clone();
@@ -110,7 +122,9 @@ pub async fn run(state: &StateDir) -> Result<()> {
         () = keeper.keep_alive(crate::now) => {}
         () = intake::serve_socket(listener, intake, now_ms) => {}
         () = http_intake => {}
-        () = serve_commands(state.clone(), commands) => {}
+        () = serve_commands(state.clone(), commands, orders_in) => {}
+        () = update::serve(engine, orders) => {}
+        () = update::send_outbox(state.clone(), outbox) => {}
         signal = stop => tracing::info!(signal, "stopping"),
     }
     let _ = stop_publisher.send(true);
@@ -127,15 +141,29 @@ pub async fn run(state: &StateDir) -> Result<()> {
 }
 
 /// Acts on the server's commands, one at a time; never returns while `run` lives.
-async fn serve_commands(state: StateDir, mut commands: mpsc::Receiver<Command>) {
+async fn serve_commands(
+    state: StateDir,
+    mut commands: mpsc::Receiver<Command>,
+    orders: mpsc::Sender<Order>,
+) {
     // A `refresh_trust` sent while the device was away is lost with its
-    // session, so every start asks for the current trust document once.
+    // session, so every start asks for the current trust document once,
+    // and then for an update offer it may have missed.
     refresh_trust(&state, true).await;
+    let _ = orders.send(Order::Offer).await;
     while let Some(command) = commands.recv().await {
         match command {
             Command::RefreshTrust => refresh_trust(&state, false).await,
-            other => {
-                tracing::info!(command = ?other, "no handler yet; the update engine will act on it")
+            Command::UpdateAvailable { .. } => {
+                // The trust document may have changed with the bundle's signing key.
+                refresh_trust(&state, false).await;
+                let _ = orders.send(Order::Offer).await;
+            }
+            Command::Rollback { rollout_id } => {
+                let _ = orders.send(Order::Rollback(rollout_id)).await;
+            }
+            Command::RenewCertificate => {
+                tracing::info!("renew_certificate received; the keeper renews on its schedule")
             }
         }
     }

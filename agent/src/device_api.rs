@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use drover_proto::{
     CaResponse, CertificateResponse, EnrollRequest, EnrollResponse, Envelope, RecoverRequest,
-    RenewRequest,
+    RenewRequest, UpdateOffer, UpdateStatusRecorded, UpdateStatusReport,
 };
 use reqwest::{Certificate, Client, Identity, Method, StatusCode, Url, redirect};
 use serde::Serialize;
@@ -130,6 +130,59 @@ impl DeviceApi {
             server: server.clone(),
             client,
         })
+    }
+
+    /// A client for the enrolled device in `state`: its current key and certificate, its pinned CA.
+    pub fn for_device(state: &crate::state::StateDir) -> Result<DeviceApi> {
+        let enrolled = state.load()?;
+        let server = ServerUrl::parse(&enrolled.enrollment.server).map_err(|e| {
+            Error::State(format!(
+                "{}: server {e}; remove the state directory and enroll again",
+                state.file(crate::state::ENROLLMENT_FILE).display()
+            ))
+        })?;
+        let identity = enrolled.key.identity_pem(&enrolled.certificate);
+        DeviceApi::with_identity(&server, &enrolled.ca_der, &identity)
+    }
+
+    /// `GET /device/v1/update`: the offered update, or `None` (204) when there is none.
+    pub async fn update_offer(&self) -> Result<Option<UpdateOffer>> {
+        call(
+            &self.client,
+            &self.server,
+            Method::GET,
+            "/device/v1/update",
+            None::<&()>,
+            "fetching the update offer",
+        )
+        .await
+    }
+
+    /// `POST /device/v1/update/{rollout_id}/status`.
+    pub async fn report_status(
+        &self,
+        rollout_id: &str,
+        report: &UpdateStatusReport,
+    ) -> Result<UpdateStatusRecorded> {
+        if rollout_id.is_empty()
+            || !rollout_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::BadAnswer {
+                what: "update status report",
+                reason: format!(
+                    "the rollout id `{}` is not a plain id",
+                    one_line(rollout_id)
+                ),
+            });
+        }
+        self.post(
+            &format!("/device/v1/update/{rollout_id}/status"),
+            report,
+            "update status report",
+        )
+        .await
     }
 
     /// `POST /device/v1/enroll`.
@@ -277,6 +330,12 @@ async fn call<B: Serialize, T: DeserializeOwned>(
             detail: problem_detail(status, &bytes),
         });
     }
+    // 204 No Content reads as JSON `null`: an `Option` answer becomes `None`.
+    let bytes = if status == StatusCode::NO_CONTENT && bytes.is_empty() {
+        b"null".to_vec()
+    } else {
+        bytes
+    };
     serde_json::from_slice(&bytes).map_err(|e| Error::BadAnswer {
         what,
         reason: format!("the JSON does not match the device API: {e}"),

@@ -88,6 +88,10 @@ pub enum Error {
         /// The check that failed.
         source: crate::bundle::BundleError,
     },
+    /// An update did not succeed: it failed, or was reverted; the message says why and the log
+    /// tail follows.
+    #[error("{0}")]
+    Update(String),
     /// A trust document (from the server or a bundle file) was not taken; the held one stays.
     #[error(transparent)]
     Trust(#[from] drover_proto::TrustError),

@@ -9,11 +9,13 @@ pub mod daemon;
 pub mod device_api;
 pub mod enroll;
 pub mod error;
+pub mod fault;
 pub mod identity;
 pub mod report;
 pub mod state;
 pub mod status;
 pub mod trust;
+pub mod update;
 
 pub use error::{Error, Result};
 

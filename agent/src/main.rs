@@ -11,7 +11,7 @@ use drover_agent::config::AgentConfig;
 use drover_agent::enroll::{self, EnrollFlags, EnrollOptions, Outcome};
 use drover_agent::state::{CONFIG_FILE, StateDir};
 use drover_agent::status::Status;
-use drover_agent::{Error, bundle, daemon};
+use drover_agent::{Error, bundle, daemon, update};
 
 /// The Drover device agent: enrolls a device, keeps its certificate alive, reports health and
 /// telemetry, and applies verified updates.
@@ -62,12 +62,37 @@ enum Command {
         #[arg(value_name = "FILE.drover")]
         file: PathBuf,
     },
-    /// Install a bundle file (.drover) offline, through the same checks as verify.
+    /// Install a bundle file (.drover) offline, through the same checks as verify and the same
+    /// installers and commit window as an update from the server.
     Install {
         /// The bundle file.
         #[arg(value_name = "FILE.drover")]
         file: PathBuf,
     },
+    /// The built-in simulated A/B firmware backend, for tests and demos: use it as the `ab`
+    /// installer's commands (`drover-agent ab-sim --dir DIR install {payload} {slot}`, …).
+    #[command(hide = true)]
+    AbSim {
+        /// The simulated device's slots and boot pointer.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        command: AbSimCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AbSimCommand {
+    /// Write PAYLOAD into SLOT (the inactive one).
+    Install { payload: PathBuf, slot: String },
+    /// Boot SLOT on the next boot only.
+    SwitchOnce { slot: String },
+    /// Simulate a reboot (a PANIC image falls back), then stop the agent in DROVER_AGENT_PID.
+    Reboot,
+    /// Print the running slot.
+    BootedSlot,
+    /// Make the running slot the default.
+    Confirm,
 }
 
 #[derive(Debug, Args)]
@@ -187,8 +212,21 @@ fn execute(cli: Cli, state_dir_given: bool) -> Result<(), Error> {
         }
         Command::Install { file } => {
             let config = AgentConfig::load(&state.file(CONFIG_FILE))?;
-            let device = bundle::Device::enrolled(&state)?;
-            bundle::install(&file, &device, &config, drover_agent::now())
+            let done = runtime()?.block_on(update::install_file(&state, &config, &file))?;
+            println!("{done}");
+            Ok(())
+        }
+        Command::AbSim { dir, command } => {
+            use drover_agent::update::absim::{self, SimCommand};
+            let command = match command {
+                AbSimCommand::Install { payload, slot } => SimCommand::Install { payload, slot },
+                AbSimCommand::SwitchOnce { slot } => SimCommand::SwitchOnce { slot },
+                AbSimCommand::Reboot => SimCommand::Reboot,
+                AbSimCommand::BootedSlot => SimCommand::BootedSlot,
+                AbSimCommand::Confirm => SimCommand::Confirm,
+            };
+            println!("{}", absim::run(&dir, &command)?);
+            Ok(())
         }
     }
 }

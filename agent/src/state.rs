@@ -80,6 +80,22 @@ pub struct Installed {
     /// The committed version of each installed bundle name.
     #[serde(default)]
     pub bundles: Vec<InstalledBundle>,
+    /// For each bundle name, the release or slot kept from the commit before, which a rollback
+    /// returns to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptRelease>,
+}
+
+/// The previous committed version of a bundle, kept on the device for a server-ordered rollback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeptRelease {
+    /// Bundle name.
+    pub name: String,
+    /// The version before the current one.
+    pub version: Version,
+    /// The rollout that installed the current one (a rollback names it).
+    pub rollout_id: Option<String>,
 }
 
 impl Default for Installed {
@@ -87,6 +103,7 @@ impl Default for Installed {
         Installed {
             signed_time_floor: Timestamp::UNIX_EPOCH,
             bundles: Vec::new(),
+            kept: Vec::new(),
         }
     }
 }
@@ -98,6 +115,44 @@ impl Installed {
             .iter()
             .map(|b| (b.name.to_string(), b.version.clone()))
             .collect()
+    }
+
+    /// The committed version of `name`.
+    pub fn version_of(&self, name: &str) -> Option<&Version> {
+        self.bundles
+            .iter()
+            .find(|b| b.name.as_str() == name)
+            .map(|b| &b.version)
+    }
+
+    /// Records `bundle` as committed, keeping `previous` (and the rollout) for a rollback.
+    pub fn commit(
+        &mut self,
+        bundle: InstalledBundle,
+        previous: Option<Version>,
+        rollout_id: Option<String>,
+    ) {
+        let name = bundle.name.to_string();
+        self.bundles.retain(|b| b.name != bundle.name);
+        self.bundles.push(bundle);
+        self.bundles
+            .sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        self.kept.retain(|k| k.name != name);
+        if let Some(version) = previous {
+            self.kept.push(KeptRelease {
+                name,
+                version,
+                rollout_id,
+            });
+        }
+    }
+
+    /// Records a rollback of `name` to its kept version: nothing is kept after it.
+    pub fn roll_back(&mut self, name: &str, version: Version) {
+        if let Some(b) = self.bundles.iter_mut().find(|b| b.name.as_str() == name) {
+            b.version = version;
+        }
+        self.kept.retain(|k| k.name != name);
     }
 
     /// The device's effective clock: the later of `now` and the signed-time floor.
@@ -401,6 +456,7 @@ pub(crate) mod tests {
                 kind: drover_proto::Kind::Model,
                 version: Version::parse("1.2.0").unwrap(),
             }],
+            kept: Vec::new(),
         };
         state.write_installed(&installed).unwrap();
         assert_eq!(state.installed().unwrap(), installed);

@@ -1,6 +1,7 @@
 //! `drover-agent status`: what this device is, read from the state directory alone (no network).
 //! Fields carry the CONTRACT names; `--json` prints them as the top level of one object.
 
+use drover_proto::{InstalledBundle, UpdateState};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -24,6 +25,10 @@ pub struct Status {
     pub certificate_expires_at: String,
     /// Readings in the spool not yet acknowledged by the broker (read from the spool's files).
     pub spool_depth: u64,
+    /// Committed bundles (`installed.json`).
+    pub installed: Vec<InstalledBundle>,
+    /// The state of the current or last update (`null` before the first).
+    pub update_state: Option<UpdateState>,
 }
 
 impl Status {
@@ -42,12 +47,28 @@ impl Status {
             mqtt_topic_prefix: enrollment.mqtt_topic_prefix,
             certificate_expires_at: certificate.not_after().to_string(),
             spool_depth,
+            installed: state.installed()?.bundles,
+            update_state: crate::update::UpdateStore::new(state)
+                .read()?
+                .update_state(),
         })
     }
 
     /// One `name: value` line per field.
     pub fn to_text(&self) -> String {
         let spool_depth = self.spool_depth.to_string();
+        let installed = if self.installed.is_empty() {
+            "none".to_owned()
+        } else {
+            self.installed
+                .iter()
+                .map(|b| format!("{} {} ({})", b.name, b.version, b.kind))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let update_state = self
+            .update_state
+            .map_or("none".to_owned(), |s| s.to_string());
         [
             ("device_id", &self.device_id),
             ("server", &self.server),
@@ -56,6 +77,8 @@ impl Status {
             ("mqtt_topic_prefix", &self.mqtt_topic_prefix),
             ("certificate_expires_at", &self.certificate_expires_at),
             ("spool_depth", &spool_depth),
+            ("installed", &installed),
+            ("update_state", &update_state),
         ]
         .iter()
         .map(|(name, value)| format!("{name}: {value}\n"))
@@ -85,7 +108,9 @@ mod tests {
         assert_eq!(json["mqtt_url"], "mqtts://127.0.0.1:8883");
         assert_eq!(json["certificate_expires_at"], "2096-10-02T07:06:40Z");
         assert_eq!(json["spool_depth"], 0);
-        assert_eq!(json.as_object().unwrap().len(), 7);
+        assert_eq!(json["installed"], serde_json::json!([]));
+        assert_eq!(json["update_state"], serde_json::Value::Null);
+        assert_eq!(json.as_object().unwrap().len(), 9);
         assert!(
             status
                 .to_text()

@@ -7,7 +7,7 @@
 use drover_proto::{Envelope, Timestamp, TrustError, TrustStore};
 
 use crate::atomic_write::{PUBLIC, write_atomic};
-use crate::device_api::{DeviceApi, ServerUrl};
+use crate::device_api::DeviceApi;
 use crate::error::{Error, Result};
 use crate::state::{ENROLLMENT_FILE, Enrollment, StateDir, TRUST_FILE};
 
@@ -91,15 +91,7 @@ pub fn take(state: &StateDir, candidate: &Envelope, now: Timestamp) -> Result<Ta
 
 /// Fetches `GET /device/v1/trust` with the device's current certificate and takes the answer.
 pub async fn refresh(state: &StateDir, now: impl Fn() -> Timestamp) -> Result<Taken> {
-    let enrolled = state.load()?;
-    let server = ServerUrl::parse(&enrolled.enrollment.server).map_err(|e| {
-        Error::State(format!(
-            "{}: server {e}; remove the state directory and enroll again",
-            state.file(ENROLLMENT_FILE).display()
-        ))
-    })?;
-    let identity = enrolled.key.identity_pem(&enrolled.certificate);
-    let api = DeviceApi::with_identity(&server, &enrolled.ca_der, &identity)?;
+    let api = DeviceApi::for_device(state)?;
     let envelope = api.trust().await?;
     let state = state.clone();
     let now = now();
@@ -205,6 +197,7 @@ mod tests {
             .write_installed(&Installed {
                 signed_time_floor: t("2026-01-01T00:00:00Z"),
                 bundles: vec![],
+                kept: vec![],
             })
             .unwrap();
         let mut stale = document(2);

@@ -223,6 +223,7 @@ fn an_expired_manifest_is_refused_with_the_clock_set_back() {
     let floor = Installed {
         signed_time_floor: t("2026-03-01T00:00:00Z"),
         bundles: vec![],
+        kept: vec![],
     };
     let device = enrolled_with(dir.path(), &signed_trust(1), Some(&floor));
     let (err, _) = refusal(bundle::verify(&file, &device, t("2025-06-01T00:00:00Z")));
@@ -461,28 +462,20 @@ fn config_with_model_installer() -> AgentConfig {
 }
 
 #[test]
-fn install_checks_everything_stages_and_stops_before_installing() {
+fn staging_checks_everything_and_leaves_the_payloads_for_the_installer() {
     let dir = tempfile::tempdir().unwrap();
     let mut parts = Parts::valid();
     parts.trust = signed_trust(2);
     let file = parts.write(dir.path(), "b.drover");
     let state = enrolled_state(dir.path(), &signed_trust(1), None);
     let device = Device::enrolled(&StateDir::new(&state)).unwrap();
-    let (err, message) = refusal(bundle::install(
-        &file,
-        &device,
-        &config_with_model_installer(),
-        now(),
-    ));
-    assert!(
-        matches!(err, BundleError::InstallersPending { .. }),
-        "{message}"
-    );
-    assert!(
-        message.contains("installers come with the update engine"),
-        "{message}"
-    );
-    assert_eq!(staged(&state), Vec::<String>::new());
+    let manifest = bundle::stage(&file, &device, &config_with_model_installer(), now()).unwrap();
+    let digests: Vec<String> = manifest
+        .payloads
+        .iter()
+        .map(|p| p.sha256.to_string())
+        .collect();
+    assert_eq!(staged(&state), digests);
     // What the verified bundle taught the device is kept: trust document 2 and the clock floor.
     let held = std::fs::read_to_string(state.join(TRUST_FILE)).unwrap();
     assert_eq!(held, signed_trust(2).to_json());
@@ -500,7 +493,7 @@ fn a_refused_install_stages_nothing_and_keeps_the_held_trust() {
     let file = parts.write(dir.path(), "b.drover");
     let state = enrolled_state(dir.path(), &signed_trust(1), None);
     let device = Device::enrolled(&StateDir::new(&state)).unwrap();
-    let (err, _) = refusal(bundle::install(
+    let (err, _) = refusal(bundle::stage(
         &file,
         &device,
         &config_with_model_installer(),
@@ -519,7 +512,7 @@ fn install_needs_an_installer_table_of_the_manifest_type() {
     let file = Parts::valid().write(dir.path(), "b.drover");
     let state = enrolled_state(dir.path(), &signed_trust(1), None);
     let device = Device::enrolled(&StateDir::new(&state)).unwrap();
-    let (err, message) = refusal(bundle::install(
+    let (err, message) = refusal(bundle::stage(
         &file,
         &device,
         &AgentConfig::default(),

@@ -108,6 +108,36 @@ pub struct OfferedPayload {
     pub url: String,
 }
 
+/// `POST /device/v1/update/{rollout_id}/status`: one report from the device's outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStatusReport {
+    /// Rises with each report of a rollout, so a retried older report never overwrites a newer one.
+    pub seq: u64,
+    /// The update state.
+    pub state: crate::UpdateState,
+    /// What happened, in a sentence.
+    #[serde(default)]
+    pub detail: String,
+    /// The version of the bundle the device runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The tail of the install and health logs (failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+}
+
+/// The server's answer to an [`UpdateStatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatusRecorded {
+    /// False when the report was older than one already stored, or came after a final state.
+    pub recorded: bool,
+    /// The state stored now.
+    pub state: String,
+    /// The seq stored now.
+    pub seq: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ pub mod version;
 
 pub use device_api::{
     CaResponse, CertificateResponse, EnrollRequest, EnrollResponse, OfferedPayload, RecoverRequest,
-    RenewRequest, UpdateOffer,
+    RenewRequest, UpdateOffer, UpdateStatusRecorded, UpdateStatusReport,
 };
 pub use envelope::{
     Envelope, EnvelopeError, KeyId, PublicKey, SigningKey, pae, signing_key_from_pem,

@@ -3,6 +3,7 @@
 //! database (SQLite, or PostgreSQL with `DROVER_TEST_DATABASE_URL`).
 
 mod agent_identity;
+mod agent_updates;
 mod api_conventions;
 mod audit;
 mod auth;

@@ -207,12 +207,16 @@ pub fn verify(path: &Path, device: &Device, now: Timestamp) -> Result<Summary> {
     Ok(Summary::of(&checked, device))
 }
 
-/// `drover-agent install`: the checks of `verify`, then installer and free space, then each
-/// payload staged (hashed as it is written) into `STATE_DIR/staging`. A failure removes what was
-/// staged. Once everything matched, a newer trust document from the bundle is kept and the
-/// clock floor raised; installers come with the update engine, so for now the staged payloads are
-/// removed again and the result is [`BundleError::InstallersPending`].
-pub fn install(path: &Path, device: &Device, config: &AgentConfig, now: Timestamp) -> Result<()> {
+/// `drover-agent install`, up to the installer: the checks of `verify`, then installer and free
+/// space, then each payload staged (hashed as it is written) into `STATE_DIR/staging`. A failure
+/// removes what was staged. Once everything matched, a newer trust document from the bundle is
+/// kept and the clock floor raised, and the staged payloads are left for the update engine.
+pub fn stage(
+    path: &Path,
+    device: &Device,
+    config: &AgentConfig,
+    now: Timestamp,
+) -> Result<Manifest> {
     let Device::Enrolled(enrolled) = device else {
         return Err(Error::Usage(
             "install needs an enrolled device; --root-key is for verify only".into(),
@@ -279,11 +283,8 @@ pub fn install(path: &Path, device: &Device, config: &AgentConfig, now: Timestam
     if raised != *installed {
         state.write_installed(&raised)?;
     }
-    drop(staged);
-    Err(refuse(BundleError::InstallersPending {
-        name: manifest.name.to_string(),
-        version: manifest.version.to_string(),
-    }))
+    staged.keep();
+    Ok(manifest.clone())
 }
 
 /// `agent.toml` must have an installer table for the bundle's kind, of the manifest's type.

@@ -11,7 +11,7 @@ pub mod staging;
 
 use drover_proto::{Installer, Kind, PayloadError, TrustError, VerifyError};
 
-pub use checks::{Checked, Device, EnrolledDevice, Summary, install, verify};
+pub use checks::{Checked, Device, EnrolledDevice, Summary, stage, verify};
 pub use file::{BundleFile, FileError};
 
 /// Why a bundle was refused; each message starts with the name of the check that failed.
@@ -77,16 +77,6 @@ pub enum BundleError {
         /// What was wrong.
         reason: String,
     },
-    /// Every check passed and the payloads were staged, but no installer exists yet.
-    #[error(
-        "every check passed for {name} {version}, but installers come with the update engine: nothing was installed and the staged payloads were removed (use `drover-agent verify` to check bundle files meanwhile)"
-    )]
-    InstallersPending {
-        /// Bundle name.
-        name: String,
-        /// Bundle version.
-        version: String,
-    },
 }
 
 impl BundleError {
@@ -100,7 +90,7 @@ impl BundleError {
             BundleError::File(_) => "file",
             BundleError::Trust(_) => "trust",
             BundleError::Verify(e) => e.check(),
-            BundleError::NoInstaller { .. } | BundleError::InstallersPending { .. } => "installer",
+            BundleError::NoInstaller { .. } => "installer",
             BundleError::NoSpace { .. } => "free_space",
             BundleError::Interrupted { .. } | BundleError::BadDownload { .. } => "download",
         }

@@ -15,8 +15,16 @@ use crate::error::{Error, Result};
 use crate::state::{STAGING_DIR, StateDir};
 
 /// Free bytes left untouched when staging, so that the agent's own state, spool and logs keep
-/// working on a full disk.
+/// working on a full disk; `DROVER_AGENT_RESERVE_BYTES` sets another amount.
 pub const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The reserve in force: [`RESERVE_BYTES`] unless `DROVER_AGENT_RESERVE_BYTES` says otherwise.
+pub fn reserve_bytes() -> u64 {
+    std::env::var("DROVER_AGENT_RESERVE_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(RESERVE_BYTES)
+}
 /// The lock file inside the staging directory.
 const LOCK_FILE: &str = ".lock";
 
@@ -85,13 +93,14 @@ impl Staging {
         crate::report::health::disk_free(&self.dir)
     }
 
-    /// Fails unless `needed` bytes fit while leaving [`RESERVE_BYTES`] free.
+    /// Fails unless `needed` bytes fit while leaving [`reserve_bytes`] free.
     pub fn check_space(&self, needed: u64) -> Result<(), BundleError> {
         let available = self.free_bytes();
-        if needed.saturating_add(RESERVE_BYTES) > available {
+        let reserve = reserve_bytes();
+        if needed.saturating_add(reserve) > available {
             return Err(BundleError::NoSpace {
                 needed,
-                reserve: RESERVE_BYTES,
+                reserve,
                 available,
                 dir: self.dir.display().to_string(),
             });

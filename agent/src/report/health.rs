@@ -90,8 +90,8 @@ pub fn disk_free(path: &Path) -> u64 {
 }
 
 /// Gathers a health report; `previous` is the CPU sample of the last report (updated here).
-/// Spool counts come from the caller; `installed` is empty and `update_state` null until the
-/// update engine lands.
+/// Spool counts come from the caller; `installed` and `update_state` are the update engine's,
+/// filled in by the publisher.
 pub fn collect(
     state_dir: &Path,
     previous: &mut CpuSample,

@@ -11,9 +11,9 @@ pub mod spool;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use drover_proto::Version;
+use drover_proto::{InstalledBundle, UpdateState, Version};
 
-/// What the intake, the publisher and (later) the update engine share while `run` lives.
+/// What the intake, the publisher and the update engine share while `run` lives.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Shared {
     /// Installs and reboots are held until this time (ms since the epoch), as a device program
@@ -21,6 +21,10 @@ pub struct Shared {
     pub defer_until: Option<i64>,
     /// Installed version of each bundle name, stamped on every reading.
     pub versions: BTreeMap<String, Version>,
+    /// Installed bundles, as health reports them.
+    pub installed: Vec<InstalledBundle>,
+    /// The state of the current or last update.
+    pub update_state: Option<UpdateState>,
 }
 
 /// [`Shared`] behind a lock, cloned into each task.

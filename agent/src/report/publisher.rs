@@ -131,6 +131,8 @@ pub struct PublisherConfig {
     pub topic_prefix: String,
     /// Time between health reports.
     pub heartbeat: Duration,
+    /// What the update engine last said about installed bundles and its state (for health).
+    pub shared: super::SharedState,
 }
 
 /// What the publisher tracks per QoS 1 message until its PUBACK.
@@ -420,9 +422,14 @@ impl Publisher {
             (report, cpu)
         })
         .await;
-        let Ok((report, cpu)) = report else {
+        let Ok((mut report, cpu)) = report else {
             return Ok(());
         };
+        {
+            let shared = self.config.shared.lock();
+            report.installed = shared.installed.clone();
+            report.update_state = shared.update_state;
+        }
         self.cpu = cpu;
         let payload =
             serde_json::to_vec(&report).map_err(|e| format!("cannot encode health: {e}"))?;

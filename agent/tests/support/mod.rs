@@ -224,6 +224,7 @@ pub fn installed(version: &str) -> Installed {
             kind: Kind::Model,
             version: Version::parse(version).expect("a fixture version"),
         }],
+        kept: Vec::new(),
     }
 }
 

@@ -4,7 +4,7 @@
 //! never changes, so the agent can resend until it hears an answer.
 
 use drover_proto::{Envelope, OfferedPayload, SafeName, Sha256, UpdateOffer, UpdateState};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::on_store;
@@ -83,35 +83,7 @@ pub async fn current_offer(store: &Store, device_id: &str) -> Result<Option<Upda
     }))
 }
 
-/// A status report, as `POST /device/v1/update/{rollout_id}/status` carries it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusReport {
-    /// Rises with each report of this rollout.
-    pub seq: u64,
-    /// The update state.
-    pub state: UpdateState,
-    /// What happened, in a sentence.
-    #[serde(default)]
-    pub detail: String,
-    /// The version the device runs now.
-    #[serde(default)]
-    pub version: Option<String>,
-    /// The tail of the install and health logs (failures).
-    #[serde(default)]
-    pub log_tail: Option<String>,
-}
-
-/// What the server made of a report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Recorded {
-    /// False when the report was older than one already stored, or came after a final state.
-    pub recorded: bool,
-    /// The state stored now.
-    pub state: String,
-    /// The seq stored now.
-    pub seq: u64,
-}
+pub use drover_proto::{UpdateStatusRecorded as Recorded, UpdateStatusReport as StatusReport};
 
 #[derive(sqlx::FromRow)]
 struct UpdateRow {
@@ -151,7 +123,8 @@ pub async fn record(
     let state = report.state.as_str();
     let now = now_ms();
     // One statement decides, so two replicas or a retry racing a newer report
-    // cannot both win: the row changes only for a higher seq and a non-final stored state.
+    // cannot both win: the row changes only for a higher seq and a non-final stored state
+    // (or a server-ordered rollback of a succeeded update, the one change after a final state).
     let changed = on_store!(store, pool => sqlx::query(
         "INSERT INTO device_updates (device_id, rollout_id, bundle_id, seq, state, detail, version, log_tail, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -159,7 +132,8 @@ pub async fn record(
             seq = excluded.seq, state = excluded.state, detail = excluded.detail,
             version = excluded.version, log_tail = excluded.log_tail, updated_at = excluded.updated_at
          WHERE device_updates.seq < excluded.seq
-           AND device_updates.state NOT IN ('succeeded','failed','reverted','rolled_back')")
+           AND (device_updates.state NOT IN ('succeeded','failed','reverted','rolled_back')
+                OR (device_updates.state = 'succeeded' AND excluded.state = 'rolled_back'))")
         .bind(device_id).bind(rollout_id).bind(&bundle_id).bind(seq).bind(state)
         .bind(&detail).bind(&report.version).bind(&log_tail).bind(now)
         .execute(pool).await.map(|r| r.rows_affected()))?;
@@ -218,6 +192,18 @@ pub async fn latest(store: &Store, device_id: &str) -> Result<Option<DeviceUpdat
         "SELECT rollout_id, bundle_id, seq, state, detail, version, updated_at
            FROM device_updates WHERE device_id = $1 ORDER BY updated_at DESC LIMIT 1")
         .bind(device_id).fetch_optional(pool).await)?)
+}
+
+/// A device's report on one rollout, if any.
+pub async fn of_rollout(
+    store: &Store,
+    device_id: &str,
+    rollout_id: &str,
+) -> Result<Option<DeviceUpdate>> {
+    Ok(on_store!(store, pool => sqlx::query_as(
+        "SELECT rollout_id, bundle_id, seq, state, detail, version, updated_at
+           FROM device_updates WHERE device_id = $1 AND rollout_id = $2")
+        .bind(device_id).bind(rollout_id).fetch_optional(pool).await)?)
 }
 
 #[cfg(test)]
