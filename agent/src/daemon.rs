@@ -85,6 +85,7 @@ pub async fn run(state: &StateDir) -> Result<()> {
             topic_prefix: enrolled.enrollment.mqtt_topic_prefix.clone(),
             heartbeat: Duration::from_secs(config.heartbeat_s),
             shared: shared.clone(),
+            health: Default::default(),
         },
         spool,
         spooled,
@@ -141,7 +142,7 @@ pub async fn run(state: &StateDir) -> Result<()> {
 }
 
 /// Acts on the server's commands, one at a time; never returns while `run` lives.
-async fn serve_commands(
+pub(crate) async fn serve_commands(
     state: StateDir,
     mut commands: mpsc::Receiver<Command>,
     orders: mpsc::Sender<Order>,
@@ -195,7 +196,7 @@ fn now_ms() -> i64 {
 
 /// A fresh telemetry epoch: 8 random bytes from the kernel, so a restarted agent's sequence
 /// numbers (from 1 again) never collide with what it sent before.
-fn draw_epoch() -> Epoch {
+pub(crate) fn draw_epoch() -> Epoch {
     use std::io::Read as _;
     let mut bytes = [0u8; 8];
     let from_kernel =
@@ -209,7 +210,7 @@ fn draw_epoch() -> Epoch {
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT (Ctrl-C).
-fn stop_signal() -> Result<impl Future<Output = &'static str>> {
+pub(crate) fn stop_signal() -> Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let setup = |e| Error::Runtime(format!("cannot listen for stop signals: {e}"));
     let mut terminate = signal(SignalKind::terminate()).map_err(setup)?;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fault;
 pub mod identity;
 pub mod report;
+pub mod simulate;
 pub mod state;
 pub mod status;
 pub mod trust;

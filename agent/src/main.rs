@@ -9,6 +9,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use drover_agent::config::AgentConfig;
 use drover_agent::enroll::{self, EnrollFlags, EnrollOptions, Outcome};
+use drover_agent::simulate::{self, SimulateOptions};
 use drover_agent::state::{CONFIG_FILE, StateDir};
 use drover_agent::status::Status;
 use drover_agent::{Error, bundle, daemon, update};
@@ -69,6 +70,11 @@ enum Command {
         #[arg(value_name = "FILE.drover")]
         file: PathBuf,
     },
+    /// Run N simulated devices in this process, each a real enrollment, certificate, MQTT
+    /// session and update engine (with a simulated installer), for demos, tests and load.
+    /// State lives in --state-dir (default ./drover-sim): run it again to bring the same devices
+    /// back. Prints a summary line at SIGTERM or Ctrl-C.
+    Simulate(SimulateCommand),
     /// The built-in simulated A/B firmware backend, for tests and demos: use it as the `ab`
     /// installer's commands (`drover-agent ab-sim --dir DIR install {payload} {slot}`, …).
     #[command(hide = true)]
@@ -93,6 +99,57 @@ enum AbSimCommand {
     BootedSlot,
     /// Make the running slot the default.
     Confirm,
+}
+
+#[derive(Debug, Args)]
+struct SimulateCommand {
+    /// The device API, as printed by `drover token create` (https://HOST:8443).
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// An enrollment token with a use for every new device (or set DROVER_AGENT_TOKEN).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DROVER_AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    token: String,
+    /// The fleet CA's hash, as printed by `drover token create` (sha256:HEX).
+    #[arg(long, value_name = "sha256:HEX")]
+    ca_hash: String,
+    /// How many devices to run (1 to 100000).
+    #[arg(long, value_name = "N")]
+    devices: u32,
+    /// The device type every simulated device claims.
+    #[arg(long, value_name = "TYPE", default_value = enroll::DEFAULT_DEVICE_TYPE)]
+    device_type: String,
+    /// A tag every simulated device claims (repeatable); the token's tags win.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    /// Readings per second per device (temp_c, cpu_pct, inference_ms, confidence).
+    #[arg(long, value_name = "HZ", default_value_t = 0.2)]
+    rate: f64,
+    /// Versions (of any bundle) whose health check fails, so their updates are reverted
+    /// (comma-separated, e.g. 2.0.0,2.1.0).
+    #[arg(long, value_name = "V,…", default_value = "")]
+    fail_versions: String,
+    /// While version V is installed, multiply METRIC by FACTOR (comma-separated, e.g.
+    /// 2.0.0:inference_ms=1.5); metrics: temp_c, cpu_pct, inference_ms, confidence.
+    #[arg(long, value_name = "V:METRIC=FACTOR,…", default_value = "")]
+    degrade_versions: String,
+    /// Noise on every reading, as a share of the metric's typical value (0 to 1).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.03)]
+    noise: f64,
+    /// The chance that a reading is an anomaly: a hot board, a slow or an unsure model (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.001)]
+    anomaly_rate: f64,
+    /// Seconds between each device's health reports.
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    heartbeat: u64,
+    /// New enrollments and device starts per second (the server and broker see a bounded
+    /// rate of handshakes).
+    #[arg(long, value_name = "N", default_value_t = 50.0)]
+    enroll_rate: f64,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +242,21 @@ fn execute(cli: Cli, state_dir_given: bool) -> Result<(), Error> {
             Ok(())
         }
         Command::Run => runtime()?.block_on(daemon::run(&state)),
+        Command::Simulate(flags) => {
+            let root = if state_dir_given {
+                state.root().to_owned()
+            } else {
+                PathBuf::from("drover-sim")
+            };
+            let options = simulate_options(flags, root)?;
+            let summary = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Runtime(format!("cannot start the async runtime: {e}")))?
+                .block_on(simulate::run(options))?;
+            println!("{summary}");
+            Ok(())
+        }
         Command::Send { readings } => {
             let seq = drover_agent::report::intake::send(state.root(), &readings)?;
             println!("{seq}");
@@ -229,6 +301,35 @@ fn execute(cli: Cli, state_dir_given: bool) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// Checks the `simulate` flags; a bad one is a usage error naming it.
+fn simulate_options(flags: SimulateCommand, root: PathBuf) -> Result<SimulateOptions, Error> {
+    let enroll = EnrollOptions::from_flags(
+        EnrollFlags {
+            server: flags.server,
+            token: flags.token,
+            ca_hash: flags.ca_hash,
+            device_type: flags.device_type,
+            tags: flags.tags,
+            hostname: Some("simulated".into()),
+        },
+        enroll::system_hostname,
+    )?;
+    let options = SimulateOptions {
+        enroll,
+        devices: flags.devices,
+        root,
+        rate_hz: flags.rate,
+        noise: flags.noise,
+        anomaly_rate: flags.anomaly_rate,
+        heartbeat: std::time::Duration::from_secs(flags.heartbeat),
+        enroll_rate: flags.enroll_rate,
+        fail_versions: simulate::parse_fail_versions(&flags.fail_versions).map_err(Error::Usage)?,
+        degrade: simulate::parse_degrade(&flags.degrade_versions).map_err(Error::Usage)?,
+    };
+    options.validate()?;
+    Ok(options)
 }
 
 /// One thread is enough for the agent and keeps it small on a board.

@@ -144,7 +144,7 @@ fn agent_binary() -> PathBuf {
 }
 
 /// Uploads `payloads` and creates a bundle; answers its id.
-async fn bundle(
+pub(crate) async fn bundle(
     app: &TestApp,
     admin: &str,
     name: &str,
@@ -188,9 +188,19 @@ async fn wait_state(
     rollout: &str,
     state: &str,
 ) -> drover_server::updates::DeviceUpdate {
+    wait_update(app, &device.id, rollout, state).await
+}
+
+/// The server's record of a device's update in `rollout`, once it reaches `state`.
+pub(crate) async fn wait_update(
+    app: &TestApp,
+    device_id: &str,
+    rollout: &str,
+    state: &str,
+) -> drover_server::updates::DeviceUpdate {
     let deadline = tokio::time::Instant::now() + FINAL;
     loop {
-        let now = drover_server::updates::of_rollout(&app.store, &device.id, rollout)
+        let now = drover_server::updates::of_rollout(&app.store, device_id, rollout)
             .await
             .expect("read the update");
         if let Some(update) = now.as_ref().filter(|u| u.state == state) {
@@ -198,8 +208,7 @@ async fn wait_state(
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "rollout {rollout} on {} never reached {state}: {now:?}",
-            device.id
+            "rollout {rollout} on {device_id} never reached {state}: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

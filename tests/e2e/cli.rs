@@ -84,6 +84,9 @@ fn a_port_in_use_names_the_port_and_the_variable() {
         .args(["serve"])
         .env("DROVER_DATA_DIR", dir.path())
         .env("DROVER_HTTP_LISTEN", addr.to_string())
+        // Only the HTTP port is taken; the others must not collide with anything else here.
+        .env("DROVER_DEVICE_LISTEN", "127.0.0.1:0")
+        .env("DROVER_MQTT_LISTEN", "127.0.0.1:0")
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
@@ -187,6 +190,7 @@ fn serve_starts_prints_the_admin_password_once_and_stops_on_sigterm() {
             .env("DROVER_DATA_DIR", dir.path())
             .env("DROVER_HTTP_LISTEN", "127.0.0.1:0")
             .env("DROVER_DEVICE_LISTEN", "127.0.0.1:0")
+            .env("DROVER_MQTT_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

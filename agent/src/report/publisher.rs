@@ -10,7 +10,8 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use drover_proto::{
-    Command, DeviceId, Epoch, Presence, Reading, Readings, Telemetry, TopicKind, Version, topic,
+    Command, DeviceId, Epoch, Health, Presence, Reading, Readings, Telemetry, TopicKind, Version,
+    topic,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS};
 use tokio::sync::{Notify, mpsc, watch};
@@ -133,6 +134,31 @@ pub struct PublisherConfig {
     pub heartbeat: Duration,
     /// What the update engine last said about installed bundles and its state (for health).
     pub shared: super::SharedState,
+    /// Where health figures come from.
+    pub health: HealthSource,
+}
+
+/// A simulated device's health figures at a time (ms since the epoch).
+pub type HealthFn = dyn Fn(i64) -> Health + Send + Sync;
+
+/// Where the publisher's health reports come from.
+#[derive(Clone, Default)]
+pub enum HealthSource {
+    /// This machine: `/proc`, `/sys` and the state directory's file system.
+    #[default]
+    Host,
+    /// A simulated device (the fleet simulator); spool counts, installed bundles and the update
+    /// state are still the real ones.
+    Simulated(Arc<HealthFn>),
+}
+
+impl std::fmt::Debug for HealthSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HealthSource::Host => "Host",
+            HealthSource::Simulated(_) => "Simulated",
+        })
+    }
 }
 
 /// What the publisher tracks per QoS 1 message until its PUBACK.
@@ -414,23 +440,34 @@ impl Publisher {
         flight: &mut Flight,
     ) -> Result<(), String> {
         let (depth, dropped) = self.with_spool(|s| (s.depth(), s.dropped())).await;
-        let dir = self.config.state.root().to_owned();
-        let mut cpu = self.cpu;
-        let report = tokio::task::spawn_blocking(move || {
-            let report =
-                health::collect(&dir, &mut cpu, depth, dropped, crate::now().unix_millis());
-            (report, cpu)
-        })
-        .await;
-        let Ok((mut report, cpu)) = report else {
-            return Ok(());
+        let mut report = match &self.config.health {
+            HealthSource::Host => {
+                let dir = self.config.state.root().to_owned();
+                let mut cpu = self.cpu;
+                let collected = tokio::task::spawn_blocking(move || {
+                    let report =
+                        health::collect(&dir, &mut cpu, depth, dropped, crate::now().unix_millis());
+                    (report, cpu)
+                })
+                .await;
+                let Ok((report, cpu)) = collected else {
+                    return Ok(());
+                };
+                self.cpu = cpu;
+                report
+            }
+            HealthSource::Simulated(figures) => {
+                let mut report = figures(crate::now().unix_millis());
+                report.spool_depth = depth;
+                report.spool_dropped = dropped;
+                report
+            }
         };
         {
             let shared = self.config.shared.lock();
             report.installed = shared.installed.clone();
             report.update_state = shared.update_state;
         }
-        self.cpu = cpu;
         let payload =
             serde_json::to_vec(&report).map_err(|e| format!("cannot encode health: {e}"))?;
         client

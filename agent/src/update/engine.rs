@@ -57,6 +57,16 @@ pub struct Engine {
     shared: Option<SharedState>,
     outbox: Arc<Notify>,
     online: bool,
+    simulation: Option<Arc<Simulation>>,
+}
+
+/// A simulated device's installer (the fleet simulator): downloads and verification are real,
+/// installing changes nothing outside the state directory, and the health check fails on the
+/// listed versions.
+#[derive(Clone, Debug, Default)]
+pub struct Simulation {
+    /// Versions whose health check fails (`--fail-versions`).
+    pub fail_versions: Vec<Version>,
 }
 
 /// Why an update stopped short of success.
@@ -85,7 +95,14 @@ impl Engine {
             shared,
             outbox,
             online,
+            simulation: None,
         }
+    }
+
+    /// The same engine with a simulated installer for every bundle kind.
+    pub fn simulated(mut self, simulation: Arc<Simulation>) -> Engine {
+        self.simulation = Some(simulation);
+        self
     }
 
     /// The state directory.
@@ -210,6 +227,9 @@ impl Engine {
     }
 
     fn check_installer(&self, manifest: &Manifest) -> std::result::Result<(), String> {
+        if self.simulation.is_some() {
+            return Ok(());
+        }
         match self.installer_config(manifest.kind) {
             Some(table) if table.installer == manifest.installer => Ok(()),
             Some(table) => Err(format!(
@@ -274,18 +294,22 @@ impl Engine {
                 kept.name
             )));
         };
-        let Some(table) = self.installer_config(current.kind) else {
-            return Ok(Err(format!(
-                "rollback refused: agent.toml has no [installers.{}] table",
-                current.kind
-            )));
+        let installer = match (self.installer_config(current.kind), &self.simulation) {
+            (_, Some(_)) => Installer::Files,
+            (Some(table), None) => table.installer,
+            (None, None) => {
+                return Ok(Err(format!(
+                    "rollback refused: agent.toml has no [installers.{}] table",
+                    current.kind
+                )));
+            }
         };
         let mut j = Journal {
             operation: Operation::Rollback,
             rollout_id: Some(rollout_id.to_owned()),
             name: current.name.clone(),
             kind: current.kind,
-            installer: table.installer,
+            installer,
             version: kept.version.clone(),
             previous: Some(current.version.clone()),
             payloads: Vec::new(),
@@ -481,6 +505,13 @@ impl Engine {
     }
 
     async fn install(&self, j: &mut Journal) -> Result<Option<&'static str>, Stop> {
+        if self.simulation.is_some() {
+            fault::point("installed");
+            j.step.switched = true;
+            fault::point("switched");
+            self.enter_window(j)?;
+            return Ok(None);
+        }
         let table = self.table(j)?.clone();
         match j.installer {
             Installer::Files => {
@@ -713,6 +744,24 @@ impl Engine {
         if let Some(reason) = j.revert_reason.clone() {
             return Err(Stop::Revert(reason));
         }
+        if let Some(simulation) = &self.simulation {
+            j.step.restarted = true;
+            if simulation.fail_versions.contains(&j.version) {
+                j.append_log(&format!(
+                    "simulated health check: version {} is in --fail-versions\n",
+                    j.version
+                ));
+                return Err(Stop::Revert(
+                    "the health check ended with exit status 1".into(),
+                ));
+            }
+            if self.online && j.rollout_id.is_some() {
+                self.reach_server(j).await?;
+            }
+            fault::point("healthy");
+            self.commit(j).map_err(stop_io)?;
+            return Ok(None);
+        }
         let table = self.table(j)?.clone();
         let self_update = j.kind == Kind::Agent && j.installer == Installer::Files;
         if !j.step.restarted {
@@ -832,6 +881,12 @@ impl Engine {
             self.save(j, false)?;
             fault::point("reverting");
         }
+        if self.simulation.is_some() {
+            j.step.switched_back = true;
+            self.enter(j, UpdateState::Reverted, reason)?;
+            fault::point("reverted");
+            return Ok(None);
+        }
         let Ok(table) = self.table(j).cloned() else {
             self.enter(j, UpdateState::Failed, format!("{reason}; and agent.toml no longer has its installer, so the previous version could not be restored"))?;
             return Ok(None);
@@ -929,6 +984,11 @@ impl Engine {
 
     /// A server-ordered rollback to the kept release or slot.
     async fn roll_back(&self, j: &mut Journal) -> Result<Option<&'static str>, Stop> {
+        if self.simulation.is_some() {
+            fault::point("switched_back");
+            self.finish_rollback(j).map_err(stop_io)?;
+            return Ok(None);
+        }
         let table = self.table(j)?.clone();
         match j.installer {
             Installer::Files => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
-pub use engine::{Ended, Engine};
+pub use engine::{Ended, Engine, Simulation};
 pub use journal::{Journal, UpdateDoc, UpdateStore};
 
 use crate::device_api::DeviceApi;
