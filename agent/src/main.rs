@@ -147,8 +147,8 @@ struct SimulateCommand {
     #[arg(long, value_name = "S", default_value_t = 30)]
     heartbeat: u64,
     /// New enrollments and device starts per second (the server and broker see a bounded
-    /// rate of handshakes).
-    #[arg(long, value_name = "N", default_value_t = 50.0)]
+    /// rate of handshakes; the server's own limit, 1000 a minute by default, is retried).
+    #[arg(long, value_name = "N", default_value_t = 10.0)]
     enroll_rate: f64,
 }
 

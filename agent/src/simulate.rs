@@ -32,6 +32,8 @@ use crate::update::{self, Engine, Simulation};
 const SPOOL_BYTES: u64 = 1024 * 1024;
 /// Enrollments in flight at once (each is two TLS connections and a CSR).
 const ENROLL_CONCURRENCY: usize = 4;
+/// Longest pause between enrollment attempts of one device.
+const MAX_ENROLL_PAUSE: Duration = Duration::from_secs(30);
 /// Commands received and not yet acted on, per device.
 const COMMAND_QUEUE: usize = 8;
 /// How often the simulator prints its progress line.
@@ -223,6 +225,11 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether any device enrolled or came back yet.
+    fn any_up(&self) -> bool {
+        self.enrolled.load(Ordering::Relaxed) + self.reused.load(Ordering::Relaxed) > 0
+    }
+
     /// One line of what happened so far (`summary`: the closing line, with peak figures).
     pub fn line(&self, devices: u32, elapsed: Duration, summary: bool) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -326,10 +333,7 @@ pub async fn run(options: SimulateOptions) -> Result<String> {
             Some(error) = first_error.recv() => {
                 // Nothing runs yet and a device already failed: the flags or the server are wrong,
                 // and every other device would fail the same way.
-                if counters.running.load(Ordering::Relaxed) == 0
-                    && counters.enrolled.load(Ordering::Relaxed) == 0
-                    && counters.reused.load(Ordering::Relaxed) == 0
-                {
+                if counters.running.load(Ordering::Relaxed) == 0 && !counters.any_up() {
                     let _ = stop_devices.send(true);
                     devices.abort_all();
                     return Err(error);
@@ -378,9 +382,28 @@ impl Device {
                     .map_err(|_| Error::Runtime("the simulator is stopping".into()))?;
                 let mut options = self.options.enroll.clone();
                 options.hostname = format!("sim-{:05}", self.index);
-                match enroll::enroll(&self.state, &options, crate::now).await? {
-                    Outcome::Enrolled(_) => false,
-                    Outcome::AlreadyEnrolled(_) => true,
+                let mut pause = Duration::from_secs(1);
+                loop {
+                    match enroll::enroll(&self.state, &options, crate::now).await {
+                        Ok(Outcome::Enrolled(_)) => break false,
+                        Ok(Outcome::AlreadyEnrolled(_)) => break true,
+                        // The server's enrollment rate limit, a restart or an overload: wait
+                        // and try again, as an operator would.
+                        Err(e)
+                            if transient(&e)
+                                || (self.counters.any_up()
+                                    && matches!(e, Error::Unreachable { .. })) =>
+                        {
+                            tracing::info!(device = self.index, error = %e, "enrollment will be retried");
+                            let wait = pause.mul_f64(0.5 + crate::identity::schedule::jitter());
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => {}
+                                _ = stopping.changed() => return Ok(()),
+                            }
+                            pause = (pause * 2).min(MAX_ENROLL_PAUSE);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         };
@@ -532,6 +555,13 @@ impl Device {
         };
         Counters::add(counter);
     }
+}
+
+/// Whether an enrollment failure is worth retrying: the server throttled or was overloaded (an
+/// unreachable server too, once it was reached by another device). A wrong pin, token or device
+/// type is not.
+fn transient(e: &Error) -> bool {
+    matches!(e, Error::Refused { status, .. } if *status == 429 || *status >= 500)
 }
 
 /// A device's simulated body: typical values drawn once per device, noise drawn per reading.

@@ -46,9 +46,9 @@ pub enum Error {
 
 impl Error {
     /// Shorthand for an invalid field.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Invalid {
-            field: field.to_string(),
+            field: field.into(),
             message: message.into(),
         }
     }

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod keys;
 pub mod mqtt;
 pub mod paging;
+pub mod rollouts;
 pub mod secrets;
 pub mod startup;
 pub mod store;

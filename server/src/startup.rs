@@ -314,6 +314,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
 
     let openapi_json = serde_json::to_string_pretty(&http::api::openapi())
         .map_err(|e| crate::error::Error::Internal(format!("OpenAPI document: {e}")))?;
+    let rollout_wake = Arc::new(tokio::sync::Notify::new());
     let state = web::Data::new(AppState {
         store: store.clone(),
         settings: Arc::new(settings.clone()),
@@ -327,6 +328,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         catalog,
         ingest: ingest_metrics.clone(),
         blobs: blobs.clone(),
+        rollouts: rollout_wake.clone(),
     });
 
     let listener = bind(
@@ -362,6 +364,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         limiter: EnrollLimiter::new(settings.enroll_rate_per_minute),
         max_json_bytes: settings.max_json_bytes,
         blobs,
+        rollouts: rollout_wake.clone(),
     });
     let device_server = HttpServer::new(move || http::device::app(device_state.clone()))
         .workers(workers)
@@ -397,6 +400,11 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         mqtt_task,
         ingest_task,
         tokio::spawn(keys::announce(store.clone(), mqtt.clone())),
+        tokio::spawn(crate::rollouts::engine::run(
+            store.clone(),
+            mqtt.clone(),
+            rollout_wake,
+        )),
         tokio::spawn(crate::telemetry::retention::run(
             store.clone(),
             crate::telemetry::retention::Retention {

@@ -4,7 +4,7 @@ use drover_tests::{TestApp, browser, hidden_value, spawn_app};
 use serde_json::{Value, json};
 
 /// Signs in through the form; answers the client (holding the cookie) and the page's CSRF token.
-async fn sign_in(
+pub(crate) async fn sign_in(
     app: &TestApp,
     username: &str,
     password: &str,
@@ -33,7 +33,11 @@ async fn sign_in(
     (client, res)
 }
 
-async fn page_csrf(app: &TestApp, client: &reqwest::Client, path: &str) -> (String, String) {
+pub(crate) async fn page_csrf(
+    app: &TestApp,
+    client: &reqwest::Client,
+    path: &str,
+) -> (String, String) {
     let res = client.get(app.url(path)).send().await.expect("page");
     assert_eq!(res.status(), 200, "{path}");
     let html = res.text().await.expect("html");
@@ -41,7 +45,7 @@ async fn page_csrf(app: &TestApp, client: &reqwest::Client, path: &str) -> (Stri
     (html, csrf)
 }
 
-async fn operator_with_password(app: &TestApp, name: &str, role: &str) -> String {
+pub(crate) async fn operator_with_password(app: &TestApp, name: &str, role: &str) -> String {
     let admin = app.admin_token().await;
     let password = format!("{name}-password-123");
     let res = app

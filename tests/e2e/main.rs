@@ -18,6 +18,7 @@ mod keys;
 mod mosquitto;
 mod mqtt;
 mod ops;
+mod rollouts;
 mod simulator;
 mod telemetry;
 mod telemetry_agent;

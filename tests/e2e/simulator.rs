@@ -16,13 +16,19 @@ use tokio::io::AsyncReadExt as _;
 use crate::agent_updates::{bundle, wait_update};
 
 /// A running `drover-agent simulate`.
-struct Simulator {
+pub(crate) struct Simulator {
     child: tokio::process::Child,
 }
 
 impl Simulator {
     /// Starts `devices` simulated `rpi4` devices with state in `root` and the extra `flags`.
-    fn start(app: &TestApp, token: &str, root: &Path, devices: u32, flags: &[&str]) -> Simulator {
+    pub(crate) fn start(
+        app: &TestApp,
+        token: &str,
+        root: &Path,
+        devices: u32,
+        flags: &[&str],
+    ) -> Simulator {
         let mut cmd = tokio::process::Command::new(binary("drover-agent", "drover-agent"));
         for (k, _) in std::env::vars() {
             if k.starts_with("DROVER_") {
@@ -56,7 +62,7 @@ impl Simulator {
     }
 
     /// Stops it with SIGTERM; answers its exit code, stdout (the summary) and stderr.
-    async fn stop(mut self) -> (Option<i32>, String, String) {
+    pub(crate) async fn stop(mut self) -> (Option<i32>, String, String) {
         let pid = self.child.id().expect("a running simulator");
         let _ = std::process::Command::new("kill")
             .arg(pid.to_string())
@@ -78,7 +84,7 @@ impl Simulator {
 }
 
 /// The accepted devices the server lists, by id, with `presence` when given.
-async fn devices(app: &TestApp, admin: &str, presence: Option<&str>) -> Vec<Value> {
+pub(crate) async fn devices(app: &TestApp, admin: &str, presence: Option<&str>) -> Vec<Value> {
     let query = presence.map_or(String::new(), |p| format!("&presence={p}"));
     let list: Value = app
         .get(admin, &format!("/api/v1/devices?limit=100{query}"))

@@ -523,9 +523,11 @@ pub async fn detail(store: &Store, id: &str) -> Result<BundleDetail> {
 /// Deletes a bundle (its payload list and offers go with it; the artifacts stay).
 pub async fn delete(store: &Store, id: &str) -> Result<Bundle> {
     let bundle = get(store, id).await?;
-    // Hook for the rollouts issue: refuse with 409 while a rollout that is not
-    // finished uses this bundle (CONTRACT: DELETE /bundles/{id}). There is no
-    // rollouts table yet, so nothing can use a bundle here.
+    if let Some(rollout) = crate::rollouts::bundle_in_use(store, id).await? {
+        return Err(Error::Conflict(format!(
+            "rollout {rollout} uses bundle {id} and is not finished; abort it or let it finish first"
+        )));
+    }
     on_store!(store, pool => sqlx::query("DELETE FROM bundles WHERE id = $1")
         .bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
     Ok(bundle)

@@ -52,6 +52,8 @@ pub struct AppState {
     pub blobs: crate::blobs::BlobStore,
     /// The MQTT gateway's counters (embedded broker only).
     pub gateway: Option<std::sync::Arc<crate::mqtt::gateway::GatewayMetrics>>,
+    /// Wakes the rollout engine (a rollout created or controlled).
+    pub rollouts: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Builds the actix app for one worker; `HttpServer::new` calls it per worker.

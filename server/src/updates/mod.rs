@@ -44,12 +44,15 @@ struct PayloadRow {
 }
 
 /// The update offered to a device now: its newest offer in a rollout that
-/// has not reached a final state on it.
+/// has not reached a final state on it, and whose rollout is not stopped
+/// (halted, rolling back, rolled back or aborted rollouts withdraw their offers).
 pub async fn current_offer(store: &Store, device_id: &str) -> Result<Option<UpdateOffer>> {
     let row: Option<OfferRow> = on_store!(store, pool => sqlx::query_as(
         "SELECT o.rollout_id, o.bundle_id, b.envelope
            FROM device_offers o JOIN bundles b ON b.id = o.bundle_id
           WHERE o.device_id = $1 AND o.rollout_id IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM rollouts r WHERE r.id = o.rollout_id
+                             AND r.state IN ('halted','rolling_back','rolled_back','aborted'))
             AND NOT EXISTS (SELECT 1 FROM device_updates u
                              WHERE u.device_id = o.device_id AND u.rollout_id = o.rollout_id
                                AND u.state IN ('succeeded','failed','reverted','rolled_back'))

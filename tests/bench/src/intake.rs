@@ -84,6 +84,33 @@ fn default_agent_bin() -> Result<PathBuf> {
     Ok(target.join("agent").join("drover-agent"))
 }
 
+/// The server and agent binaries to run (given, or the built defaults), each checked to exist.
+pub(crate) fn binaries(
+    server: Option<&PathBuf>,
+    agent: Option<&PathBuf>,
+) -> Result<(PathBuf, PathBuf)> {
+    let server_bin = match server {
+        Some(p) => p.clone(),
+        None => default_server_bin()?,
+    };
+    let agent_bin = match agent {
+        Some(p) => p.clone(),
+        None => default_agent_bin()?,
+    };
+    for (bin, build) in [
+        (&server_bin, "cargo build --release -p drover-server"),
+        (&agent_bin, "cargo build --profile agent -p drover-agent"),
+    ] {
+        if !bin.is_file() {
+            bail!(
+                "{} does not exist; build it with `{build}` or pass its path",
+                bin.display()
+            );
+        }
+    }
+    Ok((server_bin, agent_bin))
+}
+
 /// A `drover-agent` command with the bench's environment kept out of it.
 fn agent_command(bin: &Path, state: &Path) -> Command {
     let mut cmd = Command::new(bin);
@@ -101,13 +128,13 @@ fn agent_command(bin: &Path, state: &Path) -> Command {
 
 /// The server URL, token and CA hash of a join command.
 #[derive(Debug, PartialEq, Eq)]
-struct Join {
-    server: String,
-    token: String,
-    ca_hash: String,
+pub(crate) struct Join {
+    pub(crate) server: String,
+    pub(crate) token: String,
+    pub(crate) ca_hash: String,
 }
 
-fn parse_join(command: &str) -> Option<Join> {
+pub(crate) fn parse_join(command: &str) -> Option<Join> {
     let words: Vec<&str> = command.split_whitespace().collect();
     let after = |flag: &str| {
         words
@@ -592,25 +619,7 @@ struct Report {
 
 /// Runs the benchmark and prints (and optionally writes) the report.
 pub async fn run(args: Args) -> Result<()> {
-    let server_bin = match &args.server_bin {
-        Some(p) => p.clone(),
-        None => default_server_bin()?,
-    };
-    let agent_bin = match &args.agent_bin {
-        Some(p) => p.clone(),
-        None => default_agent_bin()?,
-    };
-    for (bin, build) in [
-        (&server_bin, "cargo build --release -p drover-server"),
-        (&agent_bin, "cargo build --profile agent -p drover-agent"),
-    ] {
-        if !bin.is_file() {
-            bail!(
-                "{} does not exist; build it with `{build}` or pass its path",
-                bin.display()
-            );
-        }
-    }
+    let (server_bin, agent_bin) = binaries(args.server_bin.as_ref(), args.agent_bin.as_ref())?;
     let command = command_line();
     let machine = procfs::machine();
     let ticks_per_second = procfs::clock_ticks_per_second();

@@ -10,6 +10,7 @@ mod intake;
 mod procfs;
 mod report;
 mod server;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -26,7 +27,8 @@ use clap::{Parser, Subcommand};
                   cargo build --profile agent -p drover-agent    (for `intake`)\n\
                   then, for example:\n  \
                   target/release/drover-bench connections --devices 10000 --out docs/BENCHMARKS.md\n  \
-                  target/release/drover-bench intake --agents 10 --readings 20000 --out docs/BENCHMARKS.md"
+                  target/release/drover-bench intake --agents 10 --readings 20000 --out docs/BENCHMARKS.md\n  \
+                  target/release/drover-bench simulate --devices 10000 --out docs/BENCHMARKS.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,6 +45,10 @@ enum Command {
     /// measures readings per second from their intake sockets to the store, and each
     /// reading's latency from the intake's acknowledgement to its row being committed.
     Intake(intake::Args),
+    /// Runs N simulated devices in one `drover-agent simulate` process (the `agent` profile's
+    /// binary) against the release server and measures enrollment, memory per device, CPU,
+    /// readings stored, the clean stop and a restart as the same devices.
+    Simulate(simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Connections(args) => connections::run(args).await,
             Command::Intake(args) => intake::run(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
         }
     });
     match result {

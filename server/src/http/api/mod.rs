@@ -7,6 +7,7 @@ mod bundles;
 mod devices;
 mod enrollment;
 mod keys;
+mod rollouts;
 mod telemetry;
 pub use self::audit::AuditQuery;
 pub(crate) use self::bundles::{check_declared_length, file_response};
@@ -77,6 +78,7 @@ pub fn scope() -> Scope<
         .configure(telemetry::routes)
         .configure(keys::routes)
         .configure(bundles::routes)
+        .configure(rollouts::routes)
         .default_service(web::to(api_not_found))
 }
 

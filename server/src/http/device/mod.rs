@@ -45,6 +45,8 @@ pub struct DeviceState {
     pub max_json_bytes: usize,
     /// Payload bytes devices download.
     pub blobs: crate::blobs::BlobStore,
+    /// Wakes the rollout engine (a device reported).
+    pub rollouts: Arc<tokio::sync::Notify>,
 }
 
 /// The client certificate presented at the handshake, if any.
@@ -454,5 +456,8 @@ async fn update_status(
         &body.0,
     )
     .await?;
+    if recorded.recorded {
+        state.rollouts.notify_one();
+    }
     Ok(HttpResponse::Ok().json(recorded))
 }

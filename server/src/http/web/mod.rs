@@ -8,6 +8,7 @@ mod bundles;
 mod devices;
 mod enrollment;
 mod pages;
+mod rollouts;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
@@ -21,6 +22,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     account::routes(cfg);
     admin::routes(cfg);
     bundles::routes(cfg);
+    rollouts::routes(cfg);
     devices::routes(cfg);
     enrollment::routes(cfg);
     pages::routes(cfg);

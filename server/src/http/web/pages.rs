@@ -10,7 +10,7 @@ use crate::http::auth::WebUser;
 use crate::identity::devices::{self, PresenceCounts};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(overview).service(rollouts).service(alerts);
+    cfg.service(overview).service(alerts);
 }
 
 #[derive(Template)]
@@ -60,17 +60,6 @@ fn section(
         empty_title,
         empty_text,
     })
-}
-
-#[get("/rollouts")]
-async fn rollouts(who: WebUser) -> Result<HttpResponse, WebError> {
-    section(
-        &who,
-        "rollouts",
-        "Rollouts",
-        "No rollouts yet",
-        "A rollout offers a bundle to a group of devices in phases, halting and rolling back on failure. Create a bundle first.",
-    )
 }
 
 #[get("/alerts")]
