@@ -788,3 +788,68 @@ async fn an_operator_previews_starts_and_pauses_a_rollout_in_the_dashboard() {
     );
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_engine_leader_can_change_nothing() {
+    use drover_server::rollouts::engine;
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let sim = fleet(&app, &admin, 3, "fleet", &[]).await;
+    sim.stop().await;
+    let offline = wait_until(Duration::from_secs(20), || async {
+        devices(&app, &admin, Some("online")).await.is_empty()
+    })
+    .await;
+    assert!(offline);
+    let v1 = model(&app, &admin, "1.0.0").await;
+    // Every device offline: the running engine waits and offers nothing.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "fenced", "bundle_id": v1, "target": {"device_type": "rpi4"},
+               "phases": [{"percent": 100}], "max_in_flight": 1}),
+    )
+    .await;
+    let id = r["id"].as_str().expect("id").to_owned();
+    let mqtt = app.mqtt.clone();
+    let url = app.settings.database_url.clone();
+    // The server stops (its engine with it); its devices look online again in the store.
+    let stopped = app.shut_down().await;
+    let store = drover_server::store::Store::connect(&url)
+        .await
+        .expect("store");
+    drover_server::on_store!(&store, pool => sqlx::query("UPDATE devices SET online = TRUE")
+        .execute(pool).await.map(|r| r.rows_affected()))
+    .expect("mark online");
+    let epoch: i64 = drover_server::on_store!(&store, pool => sqlx::query_scalar(
+        "SELECT epoch FROM engine_leases WHERE name = 'rollouts'").fetch_one(pool).await)
+    .expect("the lease");
+    let offered = |store: drover_server::store::Store, id: String| async move {
+        drover_server::on_store!(&store, pool => sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM device_offers WHERE rollout_id = $1").bind(&id).fetch_one(pool).await)
+        .expect("offers")
+    };
+    // A leader whose epoch is not the lease's changes nothing and learns it lost.
+    let led = engine::pass(&store, &mqtt, epoch + 7).await.expect("pass");
+    assert!(!led, "a foreign epoch is not the leader");
+    assert_eq!(offered(store.clone(), id.clone()).await, 0);
+    // The lease's own epoch offers (one at a time).
+    assert!(engine::pass(&store, &mqtt, epoch).await.expect("pass"));
+    assert_eq!(offered(store.clone(), id.clone()).await, 1);
+    // Another leader takes over: the old one's next pass offers nothing more.
+    drover_server::on_store!(&store, pool => sqlx::query(
+        "UPDATE engine_leases SET epoch = epoch + 1 WHERE name = 'rollouts'").execute(pool).await.map(|r| r.rows_affected()))
+    .expect("a new leader");
+    drover_server::on_store!(&store, pool => sqlx::query(
+        "UPDATE rollout_devices SET state = 'skipped' WHERE rollout_id = $1 AND state = 'offered'").bind(&id).execute(pool).await.map(|r| r.rows_affected()))
+    .expect("free the slot");
+    let led = engine::pass(&store, &mqtt, epoch).await.expect("pass");
+    assert!(!led, "the old leader learns it lost");
+    assert_eq!(
+        offered(store.clone(), id.clone()).await,
+        1,
+        "and offered nothing"
+    );
+    store.close().await;
+    drop(stopped);
+}
