@@ -105,7 +105,15 @@ pub struct MqttLink {
     last_inbound: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// True once the broker acknowledged every subscription of this link.
     ready: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Each device's last contact written to the store (ms), so that a busy device costs one
+    /// write per [`TOUCH_EVERY_MS`] rather than one per message: on SQLite those writes queue
+    /// behind each other and hold up enrollment and ingest.
+    touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
+
+/// Least time between two writes of a device's last contact; well under the 90 s after which
+/// a silent device counts as offline.
+pub const TOUCH_EVERY_MS: i64 = 15_000;
 
 impl std::fmt::Debug for MqttLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +148,7 @@ impl MqttLink {
             ingest,
             last_inbound: Default::default(),
             ready: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+            touched: Default::default(),
         };
         let task = tokio::spawn(link.clone().drive(eventloop, store));
         (link, task)
@@ -162,6 +171,25 @@ impl MqttLink {
     pub async fn subscribed(&self) {
         let mut ready = self.ready.subscribe();
         let _ = ready.wait_for(|r| *r).await;
+    }
+
+    fn touches(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i64>> {
+        self.touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a message from the device should write its last contact now (and notes it).
+    fn touch_due(&self, device_id: &str) -> bool {
+        let now = now_ms();
+        let mut touched = self.touches();
+        match touched.get(device_id) {
+            Some(at) if now - at < TOUCH_EVERY_MS => false,
+            _ => {
+                touched.insert(device_id.to_owned(), now);
+                true
+            }
+        }
     }
 
     /// Receives every message devices publish from now on.
@@ -264,6 +292,8 @@ impl MqttLink {
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         // Presence changes record their own events in the same transaction.
         if kind == TopicKind::State {
+            // Whatever the state says, the next message writes the contact again.
+            self.touches().remove(&device_id);
             match serde_json::from_slice::<Presence>(&payload) {
                 Ok(p) => {
                     if let Err(e) = devices::set_online(store, &device_id, p.online, p.ts).await {
@@ -274,7 +304,10 @@ impl MqttLink {
                     tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}")
                 }
             }
-        } else if let Err(e) = devices::touch(store, &device_id).await {
+        } else if self.touch_due(&device_id)
+            && let Err(e) = devices::touch(store, &device_id).await
+        {
+            self.touches().remove(&device_id);
             tracing::warn!(device_id, error = %e, "cannot record contact");
         }
         let inbound = Inbound {

@@ -69,7 +69,45 @@ impl Api {
         text_field(&body, "join_command")
     }
 
-    async fn post(&self, jwt: Option<&str>, path: &str, body: &Value) -> Result<Value> {
+    /// Uploads an artifact; answers its id.
+    pub async fn upload_artifact(&self, jwt: &str, name: &str, bytes: Vec<u8>) -> Result<String> {
+        let res = self
+            .client
+            .post(format!("{}/api/v1/artifacts", self.base))
+            .bearer_auth(jwt)
+            .header("X-Artifact-Name", name)
+            .body(bytes)
+            .send()
+            .await
+            .context("POST /api/v1/artifacts")?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("POST /api/v1/artifacts answered {status}: {text}");
+        }
+        let body: Value = serde_json::from_str(&text).context("the artifact answer")?;
+        text_field(&body, "id")
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get(&self, jwt: &str, path: &str) -> Result<Value> {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(jwt)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("GET {path} answered {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("GET {path} did not answer JSON"))
+    }
+
+    /// `POST path` with a JSON body; answers the JSON answer (an error for a non-2xx status).
+    pub async fn post(&self, jwt: Option<&str>, path: &str, body: &Value) -> Result<Value> {
         let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
         if let Some(jwt) = jwt {
             req = req.bearer_auth(jwt);
@@ -87,7 +125,8 @@ impl Api {
     }
 }
 
-fn text_field(body: &Value, name: &str) -> Result<String> {
+/// A string field of an answer.
+pub fn text_field(body: &Value, name: &str) -> Result<String> {
     body.get(name)
         .and_then(Value::as_str)
         .map(str::to_string)

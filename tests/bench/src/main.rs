@@ -9,6 +9,7 @@ mod fleet;
 mod intake;
 mod procfs;
 mod report;
+mod rollout;
 mod server;
 mod simulate;
 
@@ -28,7 +29,8 @@ use clap::{Parser, Subcommand};
                   then, for example:\n  \
                   target/release/drover-bench connections --devices 10000 --out docs/BENCHMARKS.md\n  \
                   target/release/drover-bench intake --agents 10 --readings 20000 --out docs/BENCHMARKS.md\n  \
-                  target/release/drover-bench simulate --devices 10000 --out docs/BENCHMARKS.md"
+                  target/release/drover-bench simulate --devices 10000 --out docs/BENCHMARKS.md\n  \
+                  target/release/drover-bench rollout --planned 100000 --simulated 1000 --out docs/BENCHMARKS.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,6 +51,9 @@ enum Command {
     /// binary) against the release server and measures enrollment, memory per device, CPU,
     /// readings stored, the clean stop and a restart as the same devices.
     Simulate(simulate::Args),
+    /// Plans a rollout over N device rows (preview and create, timed), then takes M simulated
+    /// devices through a three-phase rollout (wall time, server CPU).
+    Rollout(rollout::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
             Command::Connections(args) => connections::run(args).await,
             Command::Intake(args) => intake::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
+            Command::Rollout(args) => rollout::run(args).await,
         }
     });
     match result {

@@ -62,13 +62,23 @@ pub struct Args {
 }
 
 /// A running `drover-agent simulate`.
-struct Simulator {
+pub(crate) struct Simulator {
     child: Child,
-    pid: u32,
+    /// Its process id.
+    pub(crate) pid: u32,
 }
 
 impl Simulator {
-    fn start(bin: &Path, join: &crate::intake::Join, args: &Args, state: &Path) -> Result<Self> {
+    /// Starts `devices` simulated `bench` devices with state in `state` (log beside it).
+    pub(crate) fn start(
+        bin: &Path,
+        join: &crate::intake::Join,
+        devices: u32,
+        rate: f64,
+        heartbeat: u64,
+        enroll_rate: f64,
+        state: &Path,
+    ) -> Result<Self> {
         let mut cmd = Command::new(bin);
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("DROVER_") {
@@ -79,10 +89,10 @@ impl Simulator {
             .context("creating the simulator's log")?;
         cmd.args(["simulate", "--server", &join.server, "--token", &join.token])
             .args(["--ca-hash", &join.ca_hash, "--device-type", "bench"])
-            .args(["--devices", &args.devices.to_string()])
-            .args(["--rate", &args.rate.to_string()])
-            .args(["--heartbeat", &args.heartbeat.to_string()])
-            .args(["--enroll-rate", &args.enroll_rate.to_string()])
+            .args(["--devices", &devices.to_string()])
+            .args(["--rate", &rate.to_string()])
+            .args(["--heartbeat", &heartbeat.to_string()])
+            .args(["--enroll-rate", &enroll_rate.to_string()])
             .arg("--state-dir")
             .arg(state)
             .stdin(Stdio::null())
@@ -97,7 +107,7 @@ impl Simulator {
     }
 
     /// SIGTERM; answers how long the stop took and the summary line.
-    async fn stop(mut self) -> Result<(Duration, String)> {
+    pub(crate) async fn stop(mut self) -> Result<(Duration, String)> {
         let started = Instant::now();
         Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
@@ -224,7 +234,15 @@ pub async fn run(args: Args) -> Result<()> {
         Duration::from_secs_f64(f64::from(args.devices) / args.enroll_rate * 3.0 + 120.0);
 
     eprintln!("starting {} simulated devices", args.devices);
-    let sim = Simulator::start(&agent_bin, &join, &args, &state)?;
+    let sim = Simulator::start(
+        &agent_bin,
+        &join,
+        args.devices,
+        args.rate,
+        args.heartbeat,
+        args.enroll_rate,
+        &state,
+    )?;
     let first = until_online(&pool, target, start_deadline).await?;
     if first.online < target {
         bail!(
@@ -285,7 +303,15 @@ pub async fn run(args: Args) -> Result<()> {
     let offline_s = (stop + offline_started.elapsed()).as_secs_f64();
 
     eprintln!("starting the same devices again");
-    let sim = Simulator::start(&agent_bin, &join, &args, &state)?;
+    let sim = Simulator::start(
+        &agent_bin,
+        &join,
+        args.devices,
+        args.rate,
+        args.heartbeat,
+        args.enroll_rate,
+        &state,
+    )?;
     let again = until_online(&pool, target, start_deadline).await?;
     let _ = sim.stop().await?;
     let enrolled = count(&pool, "SELECT COUNT(*) FROM devices").await?;
