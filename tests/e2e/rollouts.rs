@@ -853,3 +853,88 @@ async fn a_stale_engine_leader_can_change_nothing() {
     store.close().await;
     drop(stopped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_after_successes_rolls_the_updated_devices_back() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    // Two devices on which 2.0.0 runs well and two on which it fails its health check; each
+    // first gets 1.0.0, so a rollback has a kept version to return to.
+    let good = fleet(&app, &admin, 2, "good", &[]).await;
+    let healthy: Vec<String> = {
+        let mut ids: Vec<String> = devices(&app, &admin, None)
+            .await
+            .iter()
+            .filter_map(|d| d["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let bad = fleet(&app, &admin, 2, "bad", &["--fail-versions", "2.0.0"]).await;
+    let all: Vec<String> = devices(&app, &admin, None)
+        .await
+        .iter()
+        .filter_map(|d| d["id"].as_str().map(str::to_owned))
+        .collect();
+    let v1 = model(&app, &admin, "1.0.0").await;
+    let first = create(
+        &app,
+        &admin,
+        json!({"name": "base", "bundle_id": v1, "target": {"device_type": "rpi4"}, "phases": [{"percent": 100}]}),
+    )
+    .await;
+    until_state(&app, &admin, first["id"].as_str().expect("id"), "completed").await;
+    let v2 = model(&app, &admin, "2.0.0").await;
+    // The snapshot order follows the rollout's id: schedule rollouts a few seconds ahead until
+    // one's canaries (the first half) are the two healthy devices, aborting the others.
+    let mut chosen = None;
+    for attempt in 0..40 {
+        let start = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+        let start = start
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("rfc3339");
+        let r = create(
+            &app,
+            &admin,
+            json!({"name": format!("2.0.0 try {attempt}"), "bundle_id": v2,
+                   "target": {"device_type": "rpi4"},
+                   "phases": [{"percent": 50}, {"percent": 100}],
+                   "max_in_flight": 2, "auto_rollback": true, "start_at": start}),
+        )
+        .await;
+        let id = r["id"].as_str().expect("id").to_owned();
+        let order = drover_server::rollouts::plan::snapshot_order(&id, all.clone());
+        let mut canaries = order[..2].to_vec();
+        canaries.sort();
+        if canaries == healthy {
+            chosen = Some(id);
+            break;
+        }
+        let aborted = act(&app, &admin, &id, "abort").await;
+        assert_eq!(aborted["state"], "aborted", "{aborted}");
+    }
+    let id = chosen.expect("a rollout whose canaries are the healthy devices");
+    let ended = until_state(&app, &admin, &id, "rolled_back").await;
+    assert_eq!(ended["counts"]["rolled_back"], 2, "{ended}");
+    let kinds = event_kinds(&app, &admin, &id).await;
+    for k in [
+        "phase_started",
+        "halted",
+        "rollback_ordered",
+        "rollback_sent",
+        "rolled_back",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    let list = members(&app, &admin, &id).await;
+    for d in in_phase(&list, 1) {
+        assert_eq!(d["state"], "rolled_back", "{d}");
+        assert_eq!(d["version"], "1.0.0", "back on the kept version: {d}");
+    }
+    assert!(
+        in_phase(&list, 2).iter().any(|d| d["state"] == "reverted"),
+        "phase 2 failed: {list:?}"
+    );
+    good.stop().await;
+    bad.stop().await;
+}
