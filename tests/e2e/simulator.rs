@@ -61,6 +61,11 @@ impl Simulator {
         }
     }
 
+    /// Kills it with SIGKILL: no goodbye, only the broker's last wills.
+    async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Stops it with SIGTERM; answers its exit code, stdout (the summary) and stderr.
     pub(crate) async fn stop(mut self) -> (Option<i32>, String, String) {
         let pid = self.child.id().expect("a running simulator");
@@ -389,4 +394,40 @@ async fn bad_simulator_flags_and_a_wrong_pin_are_clear_errors() {
     assert!(err.contains("drover-agent: "), "{err}");
     assert!(err.to_lowercase().contains("hash"), "{err}");
     assert!(devices(&app, &admin, None).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_of_a_killed_process_go_offline_by_their_last_will() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let token = app.enrollment_token(&admin, json!({"uses": 3})).await;
+    let token = token["token"].as_str().expect("token").to_owned();
+    let sim = Simulator::start(&app, &token, &app.scratch().join("fleet"), 3, &[]);
+    let up = wait_until(Duration::from_secs(60), || async {
+        devices(&app, &admin, Some("online")).await.len() == 3
+    })
+    .await;
+    assert!(up);
+    sim.kill().await;
+    // Well before the 90 s after which silence counts: the wills, stamped like each session's
+    // own `online`, are not mistaken for stale ones.
+    let gone = wait_until(Duration::from_secs(20), || async {
+        devices(&app, &admin, Some("online")).await.is_empty()
+    })
+    .await;
+    assert!(gone, "every device offline by its last will");
+    let id = devices(&app, &admin, None).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let events: Value = app
+        .get(&admin, &format!("/api/v1/devices/{id}/events"))
+        .await
+        .json()
+        .await
+        .expect("events");
+    assert!(
+        events.to_string().contains("last will"),
+        "the offline event says why: {events}"
+    );
 }

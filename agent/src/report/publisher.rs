@@ -275,7 +275,11 @@ impl Publisher {
         }
     }
 
-    async fn options(&self) -> Result<MqttOptions, String> {
+    /// The session's options; its last will is stamped `session_ts`, as is the `online` message
+    /// sent once connected, so the broker's will for this session is never older than that
+    /// message (the server ignores presence older than what it applied: a will of an earlier
+    /// session delivered late).
+    async fn options(&self, session_ts: i64) -> Result<MqttOptions, String> {
         let (host, port) = parse_mqtt_url(&self.config.mqtt_url)?;
         let read = |name: &'static str| {
             let path = self.config.state.file(name);
@@ -297,7 +301,7 @@ impl Publisher {
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_last_will(LastWill::new(
                 &self.topics.state,
-                presence(false),
+                presence_at(false, session_ts),
                 QoS::AtLeastOnce,
                 true,
             ))
@@ -312,7 +316,8 @@ impl Publisher {
     }
 
     async fn session(&mut self, stop: &mut watch::Receiver<bool>, backoff: &mut Backoff) -> End {
-        let options = match self.options().await {
+        let session_ts = crate::now().unix_millis();
+        let options = match self.options(session_ts).await {
             Ok(options) => options,
             Err(error) => {
                 return End::Lost {
@@ -347,7 +352,7 @@ impl Publisher {
                             session_present = ack.session_present,
                             "connected to the MQTT broker"
                         );
-                        if let Err(e) = client.try_publish(&self.topics.state, QoS::AtLeastOnce, true, presence(true)) {
+                        if let Err(e) = client.try_publish(&self.topics.state, QoS::AtLeastOnce, true, presence_at(true, session_ts)) {
                             return lost(true, format!("cannot queue the presence message: {e}"));
                         }
                         flight.push(Tag::Other);
@@ -535,11 +540,12 @@ impl Publisher {
 
 /// The `state` payload at this moment.
 fn presence(online: bool) -> Vec<u8> {
-    serde_json::to_vec(&Presence {
-        online,
-        ts: crate::now().unix_millis(),
-    })
-    .expect("a presence is a bool and a number")
+    presence_at(online, crate::now().unix_millis())
+}
+
+/// The `state` payload stamped `ts`.
+fn presence_at(online: bool, ts: i64) -> Vec<u8> {
+    serde_json::to_vec(&Presence { online, ts }).expect("a presence is a bool and a number")
 }
 
 #[cfg(test)]
