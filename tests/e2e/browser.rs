@@ -257,3 +257,76 @@ async fn an_operator_uploads_and_creates_a_bundle_in_chromium() {
         output.status
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_starts_pauses_and_follows_a_rollout_in_chromium() {
+    let chromium = require_browser_tools();
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let res = app
+        .post_json(
+            &admin,
+            "/api/v1/users",
+            &json!({"username": "olga", "password": "olga-password-123", "role": "operator"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let token = app.enrollment_token(&admin, json!({"uses": 2})).await;
+    let sim = crate::simulator::Simulator::start(
+        &app,
+        token["token"].as_str().expect("token"),
+        &app.scratch().join("fleet"),
+        2,
+        &["--rate", "1"],
+    );
+    let up = wait_until(Duration::from_secs(60), || async {
+        crate::simulator::devices(&app, &admin, Some("online"))
+            .await
+            .len()
+            == 2
+    })
+    .await;
+    assert!(up, "two simulated devices online");
+    let bundle = crate::agent_updates::bundle(
+        &app,
+        &admin,
+        "detector",
+        "model",
+        "files",
+        "1.0.0",
+        &[("model.onnx", b"weights".to_vec())],
+    )
+    .await;
+    let out = std::env::var("DROVER_BROWSER_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| app.scratch().join("browser"));
+    let script = browser_dir().join("rollouts_page.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .current_dir(browser_dir())
+        .env("DROVER_BASE_URL", &app.base)
+        .env("DROVER_USERNAME", "olga")
+        .env("DROVER_PASSWORD", "olga-password-123")
+        .env("DROVER_BUNDLE_ID", &bundle)
+        .env("DROVER_EXPECT_MATCH", "2")
+        .env("DROVER_CHROMIUM", &chromium)
+        .env("DROVER_BROWSER_OUT", &out)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the browser script finishes within three minutes")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "{} exited with {}:\n{stdout}\n{stderr}",
+        script.display(),
+        output.status
+    );
+    sim.stop().await;
+}

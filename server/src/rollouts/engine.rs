@@ -376,7 +376,11 @@ async fn apply(
                     store,
                     &r.id,
                     "offered",
-                    &format!("phase {phase_no}: offered to {} devices", offered.len()),
+                    &format!(
+                        "phase {phase_no}: offered to {} device{}",
+                        offered.len(),
+                        if offered.len() == 1 { "" } else { "s" }
+                    ),
                 )
                 .await?;
             }

@@ -1,0 +1,145 @@
+// The rollouts pages in a real Chromium: sign in as an operator, fill the
+// create form (its htmx preview counts the target as the fields change),
+// start the rollout, pause and resume it from its page, and watch it complete
+// over real simulated devices; with no console errors, CSP violations or
+// dialogs.
+//
+// Started by tests/e2e/browser.rs. Input (environment):
+//   DROVER_BASE_URL      http://127.0.0.1:PORT
+//   DROVER_USERNAME, DROVER_PASSWORD   an operator
+//   DROVER_BUNDLE_ID     the bundle to roll out (for device type rpi4)
+//   DROVER_EXPECT_MATCH  how many devices the target matches
+//   DROVER_CHROMIUM      the browser (default /usr/bin/chromium)
+//   DROVER_BROWSER_OUT   a directory for screenshots (optional)
+// Exits 0 when every check holds; otherwise prints each failure and exits 1.
+
+import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const env = (name, fallback) => {
+  const v = process.env[name] ?? fallback;
+  if (v === undefined || v === "") {
+    console.error(`rollouts_page.mjs: set ${name} (see the comment at the top of this file)`);
+    process.exit(2);
+  }
+  return v;
+};
+
+const base = env("DROVER_BASE_URL");
+const username = env("DROVER_USERNAME");
+const password = env("DROVER_PASSWORD");
+const bundleId = env("DROVER_BUNDLE_ID");
+const expectMatch = env("DROVER_EXPECT_MATCH");
+const executablePath = env("DROVER_CHROMIUM", "/usr/bin/chromium");
+const out = process.env.DROVER_BROWSER_OUT ?? "";
+
+const failures = [];
+let checks = 0;
+function check(ok, what, detail) {
+  checks += 1;
+  if (ok) {
+    console.log(`ok   ${what}`);
+  } else {
+    failures.push(`${what}${detail === undefined ? "" : `: ${detail}`}`);
+    console.log(`FAIL ${what}${detail === undefined ? "" : `: ${detail}`}`);
+  }
+}
+
+const consoleErrors = [];
+const dialogs = [];
+const profile = mkdtempSync(join(tmpdir(), "drover-chromium-"));
+let context;
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath,
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    viewport: { width: 1280, height: 900 },
+  });
+  await context.addInitScript(() => {
+    document.addEventListener("securitypolicyviolation", (e) => {
+      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`);
+    });
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(15_000);
+  page.on("console", (m) => {
+    if (m.type() === "error") consoleErrors.push(`${m.location().url || page.url()}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => consoleErrors.push(`${page.url()}: uncaught ${e.message}`));
+  page.on("dialog", (d) => {
+    dialogs.push(d.message());
+    d.dismiss().catch(() => {});
+  });
+  const shot = async (name) => {
+    if (!out) return;
+    mkdirSync(out, { recursive: true });
+    await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
+  };
+
+  await page.goto(`${base}/login`);
+  await page.fill("#username", username);
+  await page.fill("#password", password);
+  await Promise.all([page.waitForURL((u) => !u.pathname.startsWith("/login")), page.click("button[type=submit]")]);
+  const res = await page.goto(`${base}/rollouts`);
+  check(res?.status() === 200, "the rollouts page answers 200", res?.status());
+  check((await page.textContent("main"))?.includes("No rollouts yet"), "an empty list says what a rollout is");
+
+  // The preview follows the form.
+  await page.fill("#r-name", "canary in chromium");
+  await page.selectOption("#r-bundle", bundleId);
+  await page.fill("#r-type", "rpi4");
+  await page.fill("#r-phases", "50, 100");
+  await page.dispatchEvent("#r-phases", "change");
+  await page.waitForFunction(
+    (n) => document.querySelector("#preview")?.textContent?.includes(`${n} devices match`),
+    expectMatch,
+  );
+  const preview = (await page.textContent("#preview")) ?? "";
+  check(preview.includes(`${expectMatch} devices match`), "the preview counts the target", preview.trim());
+  check(/phases of \d+, \d+ devices/.test(preview), "the preview shows the phase sizes", preview.trim());
+  await shot("rollouts-form");
+
+  await Promise.all([
+    page.waitForURL((u) => /^\/rollouts\/[A-Za-z0-9]+$/.test(u.pathname)),
+    page.click("form[action='/rollouts'] button[type=submit]"),
+  ]);
+  check((await page.textContent("h1"))?.includes("canary in chromium"), "the rollout's page opens", await page.textContent("h1"));
+  const rolloutUrl = page.url();
+
+  await Promise.all([page.waitForLoadState("load"), page.click("form[action$='/pause'] button")]);
+  check((await page.textContent("h1"))?.includes("paused"), "pause from the page", await page.textContent("h1"));
+  check((await page.$("form[action$='/resume'] button")) !== null, "a paused rollout offers Resume");
+  await Promise.all([page.waitForLoadState("load"), page.click("form[action$='/resume'] button")]);
+
+  let state = "";
+  for (let i = 0; i < 90; i += 1) {
+    await page.goto(rolloutUrl);
+    state = (await page.textContent("h1 .state")) ?? "";
+    if (state.trim() === "completed") break;
+    await page.waitForTimeout(1000);
+  }
+  check(state.trim() === "completed", "the rollout completes over the simulated devices", state);
+  const rows = await page.$$eval("main table tbody tr", (trs) => trs.map((tr) => tr.textContent));
+  check(rows.length === Number(expectMatch) && rows.every((r) => r.includes("succeeded")), "every device row says succeeded", JSON.stringify(rows));
+  const events = (await page.textContent("ol.events")) ?? "";
+  check(events.includes("paused") && events.includes("resumed") && events.includes("completed"), "the events list the transitions", events);
+  await shot("rollout-page");
+} catch (e) {
+  failures.push(`the run stopped: ${e instanceof Error ? e.stack : e}`);
+} finally {
+  if (context) await context.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+
+check(consoleErrors.length === 0, "no console errors or CSP violations", consoleErrors.join("\n  "));
+check(dialogs.length === 0, "no dialogs opened", dialogs.join(", "));
+
+if (failures.length > 0) {
+  console.error(`\n${failures.length} of ${checks} browser checks failed:\n- ${failures.join("\n- ")}`);
+  process.exit(1);
+}
+console.log(`\nall ${checks} browser checks passed`);
