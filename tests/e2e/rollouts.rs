@@ -663,6 +663,17 @@ async fn a_scheduled_rollout_waits_and_a_bundle_in_use_cannot_be_deleted() {
         members(&app, &admin, &id).await.is_empty(),
         "no snapshot before the start"
     );
+    // It holds its target all the same.
+    let res = app
+        .post_json(
+            &admin,
+            "/api/v1/rollouts",
+            &json!({"name": "meanwhile", "bundle_id": v1, "target": {"device_type": "rpi4"}, "phases": [{"percent": 100}]}),
+        )
+        .await;
+    let p = problem(res, 409).await;
+    let detail = p["detail"].as_str().unwrap_or("");
+    assert!(detail.contains(&id) && detail.contains("scheduled"), "{p}");
     let res = app.delete(&admin, &format!("/api/v1/bundles/{v1}")).await;
     let p = problem(res, 409).await;
     assert!(p["detail"].as_str().unwrap_or("").contains(&id), "{p}");

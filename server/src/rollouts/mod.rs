@@ -568,6 +568,25 @@ pub async fn create(store: &Store, new: &NewRollout, created_by: &str) -> Result
             snapshot.conflicts.len()
         )));
     }
+    // A rollout that has not started holds no snapshot yet: its target, resolved now, does.
+    let ours: HashSet<&str> = snapshot
+        .rows
+        .iter()
+        .filter(|r| r.2 == "pending")
+        .map(|r| r.0.as_str())
+        .collect();
+    for waiting in in_states(store, "('scheduled','paused')").await? {
+        if waiting.phase_started_at.is_some() {
+            continue;
+        }
+        let theirs = matching_devices(store, &waiting.target()?).await?;
+        if let Some(device) = theirs.iter().find(|d| ours.contains(d.as_str())) {
+            return Err(Error::Conflict(format!(
+                "device {device} is in rollout {} ({}), which is scheduled; abort it or target other devices",
+                waiting.id, waiting.name
+            )));
+        }
+    }
     let start_now = start_at.is_none_or(|t| t <= now);
     let row = Rollout {
         id: id.clone(),
