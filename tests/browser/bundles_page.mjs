@@ -12,19 +12,9 @@
 // Exits 0 when every check holds; otherwise prints each failure and exits 1.
 
 import { createHash } from "node:crypto";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { check, env as envOf, finish, inChromium } from "./lib.mjs";
 
-const env = (name, fallback) => {
-  const v = process.env[name] ?? fallback;
-  if (v === undefined || v === "") {
-    console.error(`bundles_page.mjs: set ${name} (see the comment at the top of this file)`);
-    process.exit(2);
-  }
-  return v;
-};
+const env = (name, fallback) => envOf("bundles_page.mjs", name, fallback);
 
 const base = env("DROVER_BASE_URL");
 const username = env("DROVER_USERNAME");
@@ -32,55 +22,13 @@ const password = env("DROVER_PASSWORD");
 const executablePath = env("DROVER_CHROMIUM", "/usr/bin/chromium");
 const out = process.env.DROVER_BROWSER_OUT ?? "";
 
-const failures = [];
-let checks = 0;
-function check(ok, what, detail) {
-  checks += 1;
-  if (ok) {
-    console.log(`ok   ${what}`);
-  } else {
-    failures.push(`${what}${detail === undefined ? "" : `: ${detail}`}`);
-    console.log(`FAIL ${what}${detail === undefined ? "" : `: ${detail}`}`);
-  }
-}
 
-const consoleErrors = [];
-const dialogs = [];
 const fileName = "<img src=x onerror=alert(1)>model.onnx";
 const bytes = Buffer.alloc(3 * 1024 * 1024 + 5, 0);
 for (let i = 0; i < bytes.length; i += 1) bytes[i] = (i * 13) & 0xff;
 const digest = createHash("sha256").update(bytes).digest("hex");
 
-const profile = mkdtempSync(join(tmpdir(), "drover-chromium-"));
-let context;
-try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    viewport: { width: 1280, height: 900 },
-  });
-  await context.addInitScript(() => {
-    document.addEventListener("securitypolicyviolation", (e) => {
-      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`);
-    });
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(15_000);
-  page.on("console", (m) => {
-    if (m.type() === "error") consoleErrors.push(`${m.location().url || page.url()}: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => consoleErrors.push(`${page.url()}: uncaught ${e.message}`));
-  page.on("dialog", (d) => {
-    dialogs.push(d.message());
-    d.dismiss().catch(() => {});
-  });
-  const shot = async (name) => {
-    if (!out) return;
-    mkdirSync(out, { recursive: true });
-    await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
-  };
+const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, async (page, shot) => {
 
   await page.goto(`${base}/login`);
   await page.fill("#username", username);
@@ -116,18 +64,9 @@ try {
   const download = await page.getAttribute("a[download]", "href");
   check(/^\/bundles\/[A-Za-z0-9]+\/download$/.test(download ?? ""), "the page links the .drover download", download);
   await shot("bundle-page");
-} catch (e) {
-  failures.push(`the run stopped: ${e instanceof Error ? e.stack : e}`);
-} finally {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
+});
 
 check(consoleErrors.length === 0, "no console errors or CSP violations", consoleErrors.join("\n  "));
 check(dialogs.length === 0, "no dialogs opened", dialogs.join(", "));
 
-if (failures.length > 0) {
-  console.error(`\n${failures.length} of ${checks} browser checks failed:\n- ${failures.join("\n- ")}`);
-  process.exit(1);
-}
-console.log(`\nall ${checks} browser checks passed`);
+finish();

@@ -15,19 +15,9 @@
 //   DROVER_BROWSER_OUT   a directory for screenshots (optional)
 // Exits 0 when every check holds; otherwise prints each failure and exits 1.
 
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { check, env as envOf, finish, inChromium } from "./lib.mjs";
 
-const env = (name, fallback) => {
-  const v = process.env[name] ?? fallback;
-  if (v === undefined || v === "") {
-    console.error(`device_page.mjs: set ${name} (see the comment at the top of this file)`);
-    process.exit(2);
-  }
-  return v;
-};
+const env = (name, fallback) => envOf("device_page.mjs", name, fallback);
 
 const base = env("DROVER_BASE_URL");
 const username = env("DROVER_USERNAME");
@@ -37,17 +27,6 @@ const expect = JSON.parse(env("DROVER_EXPECT"));
 const executablePath = env("DROVER_CHROMIUM", "/usr/bin/chromium");
 const out = process.env.DROVER_BROWSER_OUT ?? "";
 
-const failures = [];
-let checks = 0;
-function check(ok, what, detail) {
-  checks += 1;
-  if (ok) {
-    console.log(`ok   ${what}`);
-  } else {
-    failures.push(`${what}${detail === undefined ? "" : `: ${detail}`}`);
-    console.log(`FAIL ${what}${detail === undefined ? "" : `: ${detail}`}`);
-  }
-}
 // Deep equality that ignores the order of object keys.
 const canonical = (v) =>
   Array.isArray(v) ? v.map(canonical)
@@ -55,80 +34,35 @@ const canonical = (v) =>
       : v;
 const same = (a, b) => JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
 
-// Problems the page reports on its own, collected for the whole run.
-const consoleErrors = [];
-const dialogs = [];
+// Failed requests other than the unknown-device page opened on purpose.
 const badResponses = [];
+const missing = `/devices/${expect.missing}`;
 
-// A fresh profile per launch, so parallel runs share nothing.
-const profile = mkdtempSync(join(tmpdir(), "drover-chromium-"));
-let context;
-try {
-  context = await chromium.launchPersistentContext(profile, {
+const { consoleErrors, dialogs } = await inChromium(
+  {
     executablePath,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-    viewport: { width: 1280, height: 900 },
-  });
-  // CSP violations also reach the console, but this names the directive.
-  await context.addInitScript(() => {
-    document.addEventListener("securitypolicyviolation", (e) => {
-      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`);
-    });
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(15_000);
-  page.on("console", (m) => {
-    if (m.type() !== "error") return;
+    out,
     // Chromium logs the 404 of the unknown-device page we open on purpose.
-    const missing = `/devices/${expect.missing}`;
-    if (new URL(m.location().url || page.url(), base).pathname === missing && m.text().includes("404")) return;
-    consoleErrors.push(`${m.location().url || page.url()}: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => consoleErrors.push(`${page.url()}: uncaught ${e.message}`));
-  page.on("dialog", (d) => {
-    dialogs.push(d.message());
-    d.dismiss().catch(() => {});
-  });
-  page.on("response", (r) => {
-    const expected404 = new URL(r.url()).pathname === `/devices/${expect.missing}`;
-    if (r.status() >= 400 && !expected404) badResponses.push(`${r.status()} ${r.url()}`);
-  });
-  const shot = async (name) => {
-    if (!out) return;
-    mkdirSync(out, { recursive: true });
-    await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
-  };
-
+    ignoreConsole: (m, page) =>
+      new URL(m.location().url || page.url(), base).pathname === missing && m.text().includes("404"),
+    onPage: (page) =>
+      page.on("response", (r) => {
+        if (r.status() >= 400 && new URL(r.url()).pathname !== missing) badResponses.push(`${r.status()} ${r.url()}`);
+      }),
+  },
+  async (page, shot) => {
   await signIn(page);
   await livePage(page, shot);
   await quietPages(page);
   await overview(page, shot);
-} catch (e) {
-  failures.push(`the run stopped: ${e instanceof Error ? e.stack : e}`);
-} finally {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
+  },
+);
 
 check(consoleErrors.length === 0, "no console errors or CSP violations", consoleErrors.join("\n  "));
 check(dialogs.length === 0, "no dialogs opened (markup from device data never runs)", dialogs.join(", "));
 check(badResponses.length === 0, "no failed requests", badResponses.join(", "));
 
-if (failures.length > 0) {
-  console.error(`\n${failures.length} of ${checks} browser checks failed:\n- ${failures.join("\n- ")}`);
-  process.exit(1);
-}
-console.log(`\nall ${checks} browser checks passed`);
+finish();
 
 async function signIn(page) {
   await page.goto(`${base}/login`);

@@ -13,19 +13,9 @@
 //   DROVER_BROWSER_OUT   a directory for screenshots (optional)
 // Exits 0 when every check holds; otherwise prints each failure and exits 1.
 
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { check, env as envOf, finish, inChromium } from "./lib.mjs";
 
-const env = (name, fallback) => {
-  const v = process.env[name] ?? fallback;
-  if (v === undefined || v === "") {
-    console.error(`rollouts_page.mjs: set ${name} (see the comment at the top of this file)`);
-    process.exit(2);
-  }
-  return v;
-};
+const env = (name, fallback) => envOf("rollouts_page.mjs", name, fallback);
 
 const base = env("DROVER_BASE_URL");
 const username = env("DROVER_USERNAME");
@@ -35,50 +25,8 @@ const expectMatch = env("DROVER_EXPECT_MATCH");
 const executablePath = env("DROVER_CHROMIUM", "/usr/bin/chromium");
 const out = process.env.DROVER_BROWSER_OUT ?? "";
 
-const failures = [];
-let checks = 0;
-function check(ok, what, detail) {
-  checks += 1;
-  if (ok) {
-    console.log(`ok   ${what}`);
-  } else {
-    failures.push(`${what}${detail === undefined ? "" : `: ${detail}`}`);
-    console.log(`FAIL ${what}${detail === undefined ? "" : `: ${detail}`}`);
-  }
-}
 
-const consoleErrors = [];
-const dialogs = [];
-const profile = mkdtempSync(join(tmpdir(), "drover-chromium-"));
-let context;
-try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    viewport: { width: 1280, height: 900 },
-  });
-  await context.addInitScript(() => {
-    document.addEventListener("securitypolicyviolation", (e) => {
-      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`);
-    });
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(15_000);
-  page.on("console", (m) => {
-    if (m.type() === "error") consoleErrors.push(`${m.location().url || page.url()}: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => consoleErrors.push(`${page.url()}: uncaught ${e.message}`));
-  page.on("dialog", (d) => {
-    dialogs.push(d.message());
-    d.dismiss().catch(() => {});
-  });
-  const shot = async (name) => {
-    if (!out) return;
-    mkdirSync(out, { recursive: true });
-    await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
-  };
+const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, async (page, shot) => {
 
   await page.goto(`${base}/login`);
   await page.fill("#username", username);
@@ -128,18 +76,9 @@ try {
   const events = (await page.textContent("ol.events")) ?? "";
   check(events.includes("paused") && events.includes("resumed") && events.includes("completed"), "the events list the transitions", events);
   await shot("rollout-page");
-} catch (e) {
-  failures.push(`the run stopped: ${e instanceof Error ? e.stack : e}`);
-} finally {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
+});
 
 check(consoleErrors.length === 0, "no console errors or CSP violations", consoleErrors.join("\n  "));
 check(dialogs.length === 0, "no dialogs opened", dialogs.join(", "));
 
-if (failures.length > 0) {
-  console.error(`\n${failures.length} of ${checks} browser checks failed:\n- ${failures.join("\n- ")}`);
-  process.exit(1);
-}
-console.log(`\nall ${checks} browser checks passed`);
+finish();

@@ -144,7 +144,7 @@ fn agent_binary() -> PathBuf {
 }
 
 /// Uploads `payloads` and creates a bundle; answers its id.
-pub(crate) async fn bundle(
+async fn bundle(
     app: &TestApp,
     admin: &str,
     name: &str,
@@ -166,6 +166,26 @@ pub(crate) async fn bundle(
         .as_str()
         .expect("bundle id")
         .to_string()
+}
+
+/// A `detector` model bundle of `version` for rpi4 (files installer), its one payload
+/// `model.onnx` holding `weights`; answers its id.
+pub(crate) async fn model_bundle(
+    app: &TestApp,
+    admin: &str,
+    version: &str,
+    weights: Vec<u8>,
+) -> String {
+    bundle(
+        app,
+        admin,
+        "detector",
+        "model",
+        "files",
+        version,
+        &[("model.onnx", weights)],
+    )
+    .await
 }
 
 async fn offer(app: &TestApp, device: &Device, bundle_id: &str, rollout: &str) {
@@ -235,36 +255,9 @@ async fn files_updates_commit_revert_and_roll_back_as_the_server_orders() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let device = enroll(&app, &admin, MODEL_INSTALLER).await;
-    let v1 = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "1.0.0",
-        &[("model.onnx", b"weights 1".to_vec())],
-    )
-    .await;
-    let v2 = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "1.1.0",
-        &[("model.onnx", b"weights 2".to_vec())],
-    )
-    .await;
-    let v3 = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "1.2.0",
-        &[("model.onnx", b"weights 3".to_vec())],
-    )
-    .await;
+    let v1 = model_bundle(&app, &admin, "1.0.0", b"weights 1".to_vec()).await;
+    let v2 = model_bundle(&app, &admin, "1.1.0", b"weights 2".to_vec()).await;
+    let v3 = model_bundle(&app, &admin, "1.2.0", b"weights 3".to_vec()).await;
 
     // Offered before the agent runs: it asks at start.
     offer(&app, &device, &v1, "r1").await;
@@ -361,36 +354,9 @@ async fn a_second_offer_is_refused_a_hold_defers_and_a_server_outage_does_not_re
     let admin = app.admin_token().await;
     let installers = MODEL_INSTALLER.replace("sleep 0.2", "sleep 3");
     let device = enroll(&app, &admin, &installers).await;
-    let v1 = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "1.0.0",
-        &[("model.onnx", b"w1".to_vec())],
-    )
-    .await;
-    let v2 = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "2.0.0",
-        &[("model.onnx", b"w2".to_vec())],
-    )
-    .await;
-    let v3 = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "3.0.0",
-        &[("model.onnx", b"w3".to_vec())],
-    )
-    .await;
+    let v1 = model_bundle(&app, &admin, "1.0.0", b"w1".to_vec()).await;
+    let v2 = model_bundle(&app, &admin, "2.0.0", b"w2".to_vec()).await;
+    let v3 = model_bundle(&app, &admin, "3.0.0", b"w3".to_vec()).await;
     let agent = Supervisor::start(&device.state, agent_binary, vec![]);
     assert!(
         wait_until(Duration::from_secs(10), || async {
@@ -682,26 +648,8 @@ commit_window_s = 30
 async fn an_agent_killed_at_every_state_boundary_ends_committed_or_reverted() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let old = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "1.0.0",
-        &[("model.onnx", b"old".to_vec())],
-    )
-    .await;
-    let new = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "1.1.0",
-        &[("model.onnx", b"new".to_vec())],
-    )
-    .await;
+    let old = model_bundle(&app, &admin, "1.0.0", b"old".to_vec()).await;
+    let new = model_bundle(&app, &admin, "1.1.0", b"new".to_vec()).await;
     let old_file = app.scratch().join("old.drover");
     let res = app
         .get(&admin, &format!("/api/v1/bundles/{old}/file"))

@@ -52,6 +52,57 @@ fn require_browser_tools() -> PathBuf {
     PathBuf::from(chromium)
 }
 
+/// Runs a script of tests/browser against `app` in Chromium, passing the base URL, the
+/// browser, a screenshot directory and `env`; fails with its output unless it exits 0.
+async fn run_browser_script(
+    app: &TestApp,
+    chromium: &Path,
+    script: &str,
+    limit: Duration,
+    env: &[(&str, String)],
+) {
+    let out = std::env::var("DROVER_BROWSER_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| app.scratch().join("browser"));
+    let script = browser_dir().join(script);
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .current_dir(browser_dir())
+        .env("DROVER_BASE_URL", &app.base)
+        .env("DROVER_CHROMIUM", chromium)
+        .env("DROVER_BROWSER_OUT", &out)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(limit, run)
+        .await
+        .expect("the browser script finishes in time")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "{} exited with {}:\n{stdout}\n{stderr}",
+        script.display(),
+        output.status
+    );
+}
+
+/// Adds the operator `olga` (password `olga-password-123`) the scripts sign in as.
+async fn add_operator(app: &TestApp, admin: &str) {
+    let res = app
+        .post_json(
+            admin,
+            "/api/v1/users",
+            &json!({"username": "olga", "password": "olga-password-123", "role": "operator"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+}
+
 async fn rename(app: &TestApp, admin: &str, id: &str, name: &str) {
     let res = app
         .client
@@ -181,37 +232,19 @@ async fn the_device_page_charts_real_telemetry_in_chromium() {
         "missing": "NoSuchDevice",
         "overview": {"total": 3, "accepted": 3, "online": 1, "offline": 1, "never": 1},
     });
-    let out = std::env::var("DROVER_BROWSER_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| app.scratch().join("browser"));
-    let script = browser_dir().join("device_page.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
-        .current_dir(browser_dir())
-        .env("DROVER_BASE_URL", &app.base)
-        .env("DROVER_USERNAME", "admin")
-        .env("DROVER_PASSWORD", &app.admin_password)
-        .env("DROVER_NEW_PASSWORD", "a-password-of-my-own")
-        .env("DROVER_EXPECT", expect.to_string())
-        .env("DROVER_CHROMIUM", &chromium)
-        .env("DROVER_BROWSER_OUT", &out)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the browser script finishes within two minutes")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "{} exited with {}:\n{stdout}\n{stderr}",
-        script.display(),
-        output.status
-    );
+    run_browser_script(
+        &app,
+        &chromium,
+        "device_page.mjs",
+        Duration::from_secs(120),
+        &[
+            ("DROVER_USERNAME", "admin".to_string()),
+            ("DROVER_PASSWORD", app.admin_password.to_string()),
+            ("DROVER_NEW_PASSWORD", "a-password-of-my-own".to_string()),
+            ("DROVER_EXPECT", expect.to_string()),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,43 +252,18 @@ async fn an_operator_uploads_and_creates_a_bundle_in_chromium() {
     let chromium = require_browser_tools();
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let res = app
-        .post_json(
-            &admin,
-            "/api/v1/users",
-            &json!({"username": "olga", "password": "olga-password-123", "role": "operator"}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let out = std::env::var("DROVER_BROWSER_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| app.scratch().join("browser"));
-    let script = browser_dir().join("bundles_page.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
-        .current_dir(browser_dir())
-        .env("DROVER_BASE_URL", &app.base)
-        .env("DROVER_USERNAME", "olga")
-        .env("DROVER_PASSWORD", "olga-password-123")
-        .env("DROVER_CHROMIUM", &chromium)
-        .env("DROVER_BROWSER_OUT", &out)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the browser script finishes within two minutes")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "{} exited with {}:\n{stdout}\n{stderr}",
-        script.display(),
-        output.status
-    );
+    add_operator(&app, &admin).await;
+    run_browser_script(
+        &app,
+        &chromium,
+        "bundles_page.mjs",
+        Duration::from_secs(120),
+        &[
+            ("DROVER_USERNAME", "olga".to_string()),
+            ("DROVER_PASSWORD", "olga-password-123".to_string()),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,14 +271,7 @@ async fn an_operator_starts_pauses_and_follows_a_rollout_in_chromium() {
     let chromium = require_browser_tools();
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let res = app
-        .post_json(
-            &admin,
-            "/api/v1/users",
-            &json!({"username": "olga", "password": "olga-password-123", "role": "operator"}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
+    add_operator(&app, &admin).await;
     let token = app.enrollment_token(&admin, json!({"uses": 2})).await;
     let sim = crate::simulator::Simulator::start(
         &app,
@@ -287,46 +288,20 @@ async fn an_operator_starts_pauses_and_follows_a_rollout_in_chromium() {
     })
     .await;
     assert!(up, "two simulated devices online");
-    let bundle = crate::agent_updates::bundle(
+    let bundle =
+        crate::agent_updates::model_bundle(&app, &admin, "1.0.0", b"weights".to_vec()).await;
+    run_browser_script(
         &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "1.0.0",
-        &[("model.onnx", b"weights".to_vec())],
+        &chromium,
+        "rollouts_page.mjs",
+        Duration::from_secs(180),
+        &[
+            ("DROVER_USERNAME", "olga".to_string()),
+            ("DROVER_PASSWORD", "olga-password-123".to_string()),
+            ("DROVER_BUNDLE_ID", bundle.to_string()),
+            ("DROVER_EXPECT_MATCH", "2".to_string()),
+        ],
     )
     .await;
-    let out = std::env::var("DROVER_BROWSER_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| app.scratch().join("browser"));
-    let script = browser_dir().join("rollouts_page.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
-        .current_dir(browser_dir())
-        .env("DROVER_BASE_URL", &app.base)
-        .env("DROVER_USERNAME", "olga")
-        .env("DROVER_PASSWORD", "olga-password-123")
-        .env("DROVER_BUNDLE_ID", &bundle)
-        .env("DROVER_EXPECT_MATCH", "2")
-        .env("DROVER_CHROMIUM", &chromium)
-        .env("DROVER_BROWSER_OUT", &out)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser script finishes within three minutes")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "{} exited with {}:\n{stdout}\n{stderr}",
-        script.display(),
-        output.status
-    );
     sim.stop().await;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use drover_tests::{TestApp, problem, spawn_app, wait_until};
 use serde_json::{Value, json};
 
-use crate::agent_updates::bundle;
+use crate::agent_updates::model_bundle;
 use crate::simulator::{Simulator, devices};
 
 /// How long a rollout over a few simulated devices may take.
@@ -34,14 +34,11 @@ async fn fleet(app: &TestApp, admin: &str, n: u32, dir: &str, flags: &[&str]) ->
 
 /// A `detector` model bundle of `version` for rpi4.
 async fn model(app: &TestApp, admin: &str, version: &str) -> String {
-    bundle(
+    model_bundle(
         app,
         admin,
-        "detector",
-        "model",
-        "files",
         version,
-        &[("model.onnx", format!("weights {version}").into_bytes())],
+        format!("weights {version}").into_bytes(),
     )
     .await
 }

@@ -13,7 +13,7 @@ use drover_tests::{TestApp, binary, spawn_app, wait_until};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
 
-use crate::agent_updates::{bundle, wait_update};
+use crate::agent_updates::{model_bundle, wait_update};
 
 /// A running `drover-agent simulate`.
 pub(crate) struct Simulator {
@@ -210,26 +210,8 @@ async fn simulated_devices_install_revert_and_degrade_through_the_update_engine(
     let token = app.enrollment_token(&admin, json!({"uses": 2})).await;
     let token = token["token"].as_str().expect("token").to_owned();
     let root = app.scratch().join("fleet");
-    let good = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "1.5.0",
-        &[("model.onnx", b"weights that run slow".to_vec())],
-    )
-    .await;
-    let bad = bundle(
-        &app,
-        &admin,
-        "detector",
-        "model",
-        "files",
-        "2.0.0",
-        &[("model.onnx", b"weights that fail".to_vec())],
-    )
-    .await;
+    let good = model_bundle(&app, &admin, "1.5.0", b"weights that run slow".to_vec()).await;
+    let bad = model_bundle(&app, &admin, "2.0.0", b"weights that fail".to_vec()).await;
     let sim = Simulator::start(
         &app,
         &token,

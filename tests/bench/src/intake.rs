@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,11 +19,10 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-use crate::api::Api;
 use crate::connections::{DataDir, command_line, default_server_bin};
 use crate::procfs::{self, CpuMark, Machine, Pid};
 use crate::report::{file_header, percentile, write_section};
-use crate::server::{self, Ports, ServerLog};
+use crate::server;
 
 /// The section this tool owns in docs/BENCHMARKS.md.
 pub const HEADING: &str = "## Telemetry intake";
@@ -625,25 +623,17 @@ pub async fn run(args: Args) -> Result<()> {
     let ticks_per_second = procfs::clock_ticks_per_second();
 
     let data = DataDir::create(args.keep_data)?;
-    let log = Arc::new(ServerLog::default());
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let listen = Ports {
-        http: any_port,
-        device: any_port,
-        mqtt: any_port,
-    };
     eprintln!(
         "starting {} serve (data in {})",
         server_bin.display(),
         data.path.display()
     );
-    let server = server::start(&server_bin, &data.path, &listen, true, log.clone()).await?;
-    let password = server
-        .admin_password
-        .clone()
-        .context("the server printed no admin password")?;
-    let api = Api::new(server.ports.http)?;
-    let jwt = api.login(&password).await?;
+    let server::Fresh {
+        server,
+        log,
+        api,
+        jwt,
+    } = server::start_fresh(&server_bin, &data.path).await?;
     let join_command = api.join_command(&jwt, args.agents).await?;
     let join = parse_join(&join_command)
         .with_context(|| format!("the join command `{join_command}` lacks a flag"))?;

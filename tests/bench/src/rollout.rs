@@ -5,21 +5,19 @@
 //! creation to `completed`, with the server's CPU over that time.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
-use crate::api::{Api, text_field};
+use crate::api::text_field;
 use crate::connections::{DataDir, command_line};
 use crate::intake::{binaries, parse_join};
 use crate::procfs::{self, Machine, Pid};
 use crate::report::{file_header, write_section};
-use crate::server::{self, Ports, ServerLog};
+use crate::server;
 use crate::simulate::Simulator;
 
 /// The section this tool owns in docs/BENCHMARKS.md.
@@ -74,20 +72,9 @@ pub async fn run(args: Args) -> Result<()> {
     let machine = procfs::machine();
     let tps = procfs::clock_ticks_per_second();
     let data = DataDir::create(args.keep_data)?;
-    let log = Arc::new(ServerLog::default());
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let listen = Ports {
-        http: any_port,
-        device: any_port,
-        mqtt: any_port,
-    };
-    let server = server::start(&server_bin, &data.path, &listen, true, log.clone()).await?;
-    let password = server
-        .admin_password
-        .clone()
-        .context("the server printed no admin password")?;
-    let api = Api::new(server.ports.http)?;
-    let jwt = api.login(&password).await?;
+    let server::Fresh {
+        server, api, jwt, ..
+    } = server::start_fresh(&server_bin, &data.path).await?;
     let artifact = api
         .upload_artifact(&jwt, "model.onnx", b"bench weights".to_vec())
         .await?;

@@ -248,6 +248,43 @@ async fn keep_stderr(stderr: tokio::process::ChildStderr, path: PathBuf, log: Ar
     }
 }
 
+/// A fresh release server on any free ports, with its first admin signed in.
+pub struct Fresh {
+    /// The process.
+    pub server: ServerProcess,
+    /// Its log lines.
+    pub log: Arc<ServerLog>,
+    /// Its API.
+    pub api: crate::api::Api,
+    /// The first admin's token.
+    pub jwt: String,
+}
+
+/// Starts `bin serve` on `data_dir` (every listener on 127.0.0.1, any port) and signs in as
+/// the first admin with the one-time password it printed.
+pub async fn start_fresh(bin: &Path, data_dir: &Path) -> Result<Fresh> {
+    let log = Arc::new(ServerLog::default());
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let listen = Ports {
+        http: any_port,
+        device: any_port,
+        mqtt: any_port,
+    };
+    let server = start(bin, data_dir, &listen, true, log.clone()).await?;
+    let password = server
+        .admin_password
+        .clone()
+        .context("the server printed no admin password")?;
+    let api = crate::api::Api::new(server.ports.http)?;
+    let jwt = api.login(&password).await?;
+    Ok(Fresh {
+        server,
+        log,
+        api,
+        jwt,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

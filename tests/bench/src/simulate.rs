@@ -5,10 +5,8 @@
 //! a restart on the same state directory (the same devices come back without enrolling).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,12 +15,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use tokio::io::AsyncReadExt as _;
 use tokio::process::{Child, Command};
 
-use crate::api::Api;
 use crate::connections::{DataDir, command_line};
 use crate::intake::parse_join;
 use crate::procfs::{self, Machine, Pid};
 use crate::report::{file_header, write_section};
-use crate::server::{self, Ports, ServerLog};
+use crate::server;
 
 /// The section this tool owns in docs/BENCHMARKS.md.
 pub const HEADING: &str = "## Fleet simulator";
@@ -201,20 +198,9 @@ pub async fn run(args: Args) -> Result<()> {
     let machine = procfs::machine();
     let tps = procfs::clock_ticks_per_second();
     let data = DataDir::create(args.keep_data)?;
-    let log = Arc::new(ServerLog::default());
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let listen = Ports {
-        http: any_port,
-        device: any_port,
-        mqtt: any_port,
-    };
-    let server = server::start(&server_bin, &data.path, &listen, true, log.clone()).await?;
-    let password = server
-        .admin_password
-        .clone()
-        .context("the server printed no admin password")?;
-    let api = Api::new(server.ports.http)?;
-    let jwt = api.login(&password).await?;
+    let server::Fresh {
+        server, api, jwt, ..
+    } = server::start_fresh(&server_bin, &data.path).await?;
     let join_command = api.join_command(&jwt, args.devices).await?;
     let join = parse_join(&join_command)
         .with_context(|| format!("the join command `{join_command}` lacks a flag"))?;
