@@ -42,8 +42,12 @@ const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, asy
   await page.fill("#r-type", "rpi4");
   await page.fill("#r-phases", "50, 100");
   await page.dispatchEvent("#r-phases", "change");
+  // Wait for the preview of the final fields (earlier keystrokes answer too, maybe later).
   await page.waitForFunction(
-    (n) => document.querySelector("#preview")?.textContent?.includes(`${n} devices match`),
+    (n) => {
+      const text = document.querySelector("#preview")?.textContent ?? "";
+      return text.includes(`${n} devices match`) && /phases of \d+, \d+ devices/.test(text);
+    },
     expectMatch,
   );
   const preview = (await page.textContent("#preview")) ?? "";
