@@ -111,12 +111,16 @@ fn user_create_reads_the_password_from_stdin_and_refuses_bad_input() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        child
+        // A command that refuses its arguments exits before reading stdin: a broken pipe
+        // then is expected, and its exit code tells the rest.
+        let written = child
             .stdin
             .take()
             .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write");
+            .write_all(stdin.as_bytes());
+        if let Err(e) = written {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write: {e}");
+        }
         child.wait_with_output().expect("wait")
     };
     let out = run(
