@@ -105,11 +105,14 @@ pub struct Ports {
 #[derive(Clone)]
 pub struct StopHandle {
     handles: Vec<ServerHandle>,
+    live: crate::live::Live,
 }
 
 impl StopHandle {
     /// Stops accepting; with `graceful`, lets requests in flight finish first.
     pub async fn stop(&self, graceful: bool) {
+        // Open dashboard streams never finish on their own.
+        self.live.close();
         for h in &self.handles {
             h.stop(graceful).await;
         }
@@ -132,6 +135,7 @@ pub struct Application {
     /// The MQTT gateway's accept loop and its sessions (embedded broker only).
     gateway: Option<(tokio::task::JoinHandle<()>, Arc<Sessions>)>,
     ingest: Arc<IngestMetrics>,
+    live: crate::live::Live,
 }
 
 impl Application {
@@ -169,6 +173,7 @@ impl Application {
     pub fn handle(&self) -> StopHandle {
         StopHandle {
             handles: vec![self.server.handle(), self.device_server.handle()],
+            live: self.live.clone(),
         }
     }
 
@@ -297,6 +302,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
     });
     let tls = http::device::tls_config(&identity, &settings.public_hostnames, false)?;
 
+    let live = crate::live::Live::default();
     let catalog = Arc::new(Catalog::default());
     let ingest_metrics = Arc::new(IngestMetrics::default());
     let (ingest_tx, ingest_rx) = tokio::sync::mpsc::channel(10_000);
@@ -305,11 +311,18 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             store: store.clone(),
             catalog: catalog.clone(),
             metrics: ingest_metrics.clone(),
+            live: live.clone(),
         }
         .run(ingest_rx),
     );
-    let (mqtt, mqtt_task, sync_task, gateway) =
-        start_mqtt(&settings, &store, &identity, mqtt_listener, ingest_tx)?;
+    let (mqtt, mqtt_task, sync_task, gateway) = start_mqtt(
+        &settings,
+        &store,
+        &identity,
+        mqtt_listener,
+        ingest_tx,
+        &live,
+    )?;
     let gateway_metrics = gateway.as_ref().map(|g| g.metrics.clone());
 
     let openapi_json = serde_json::to_string_pretty(&http::api::openapi())
@@ -329,6 +342,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         ingest: ingest_metrics.clone(),
         blobs: blobs.clone(),
         rollouts: rollout_wake.clone(),
+        live: live.clone(),
     });
 
     let listener = bind(
@@ -365,6 +379,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         max_json_bytes: settings.max_json_bytes,
         blobs,
         rollouts: rollout_wake.clone(),
+        live: live.clone(),
     });
     let device_server = HttpServer::new(move || http::device::app(device_state.clone()))
         .workers(workers)
@@ -404,6 +419,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             store.clone(),
             mqtt.clone(),
             rollout_wake,
+            live.clone(),
         )),
         tokio::spawn(crate::telemetry::retention::run(
             store.clone(),
@@ -412,6 +428,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
                 rollups: settings.telemetry_rollup_retention,
             },
             settings.offline_after,
+            live.clone(),
         )),
     ];
     background.extend(sync_task);
@@ -428,6 +445,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         background,
         gateway: gateway.map(|g| (g.task, g.sessions)),
         ingest: ingest_metrics,
+        live,
     })
 }
 
@@ -454,6 +472,7 @@ fn start_mqtt(
     identity: &Arc<Identity>,
     listener: Option<TcpListener>,
     ingest: tokio::sync::mpsc::Sender<crate::mqtt::client::Inbound>,
+    live: &crate::live::Live,
 ) -> Result<MqttParts, StartError> {
     let Some(listener) = listener else {
         let url = settings.mqtt_url.clone().unwrap_or_default();
@@ -464,6 +483,7 @@ fn start_mqtt(
             store.clone(),
             Some(ingest),
             &crate::mqtt::client::SHARED_SUBSCRIPTIONS,
+            live.clone(),
         );
         let sync = RevocationSync {
             store: store.clone(),
@@ -493,6 +513,7 @@ fn start_mqtt(
         store.clone(),
         Some(ingest),
         &crate::mqtt::client::PLAIN_SUBSCRIPTIONS,
+        live.clone(),
     );
     let tls = http::device::tls_config(identity, &settings.public_hostnames, true)?;
     let metrics = Arc::new(GatewayMetrics::default());

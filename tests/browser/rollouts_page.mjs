@@ -67,14 +67,14 @@ const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, asy
   check((await page.$("form[action$='/resume'] button")) !== null, "a paused rollout offers Resume");
   await Promise.all([page.waitForLoadState("load"), page.click("form[action$='/resume'] button")]);
 
-  let state = "";
-  for (let i = 0; i < 90; i += 1) {
-    await page.goto(rolloutUrl);
-    state = (await page.textContent("h1 .state")) ?? "";
-    if (state.trim() === "completed") break;
-    await page.waitForTimeout(1000);
-  }
+  // The page follows the rollout by itself (Server-Sent Events): no reloads.
+  await page.evaluate(() => { window.__droverNoReload = true; });
+  await page.waitForFunction(() => document.querySelector("#rollout-state")?.textContent.trim() === "completed", null, { timeout: 90_000 })
+    .catch(() => {});
+  const state = (await page.textContent("#rollout-state")) ?? "";
   check(state.trim() === "completed", "the rollout completes over the simulated devices", state);
+  check(await page.evaluate(() => window.__droverNoReload === true), "its page followed without a reload");
+  await page.goto(rolloutUrl);
   const rows = await page.$$eval("main table tbody tr", (trs) => trs.map((tr) => tr.textContent));
   check(rows.length === Number(expectMatch) && rows.every((r) => r.includes("succeeded")), "every device row says succeeded", JSON.stringify(rows));
   const events = (await page.textContent("ol.events")) ?? "";

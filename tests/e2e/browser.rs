@@ -1,7 +1,8 @@
 //! The dashboard in a real Chromium (Debian's `chromium`, driven by
 //! playwright-core from tests/browser): a real server, devices that send real
 //! telemetry over MQTT, and a script that signs in through the login form
-//! and checks the device page and the overview as a person would see them.
+//! and checks the device page (growing live as readings arrive) and the
+//! overview as a person would see them.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -61,9 +62,11 @@ async fn run_browser_script(
     limit: Duration,
     env: &[(&str, String)],
 ) {
+    // One folder per script, so that two scripts' "overview.png" do not overwrite each other.
     let out = std::env::var("DROVER_BROWSER_OUT")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| app.scratch().join("browser"));
+        .unwrap_or_else(|_| app.scratch().join("browser"))
+        .join(script.trim_end_matches(".mjs"));
     let script = browser_dir().join(script);
     let run = tokio::process::Command::new("node")
         .arg(&script)
@@ -225,26 +228,54 @@ async fn the_device_page_charts_real_telemetry_in_chromium() {
             "versions": ["model 1.2.0", "<img src=x onerror=alert(1)> 2.0.0"],
             "charts": [odd, "temp_c"],
             "health": {"CPU": "12.5 %", "Memory": "512.0 MiB of 2.0 GiB (25 %)", "Temperature": "47.3 °C",
-                       "Uptime": "1 d 2 h", "Spool": "2 waiting", "Installed": "detector 1.2.0 (model)"},
+                       "Uptime": "1 d 2 h", "Spool": "2 waiting"},
+            "installed": [["detector", "model", "1.2.0"]],
+            "fresh": "fresh_metric",
         },
         "quiet": {"id": quiet.id, "name": "quiet-one", "latest": {"temp_c": "21.5"}},
         "never": {"id": never.id, "name": "never-seen"},
         "missing": "NoSuchDevice",
         "overview": {"total": 3, "accepted": 3, "online": 1, "offline": 1, "never": 1},
     });
+    // Once the script has the page open it creates this file; from then on the
+    // device sends a reading a second, of temp_c and of a metric not charted yet,
+    // which the open page must draw without a reload.
+    let signal = app.scratch().join("device-page-open");
+    let feeder = {
+        let (c, live, signal) = (c.clone(), live.clone(), signal.clone());
+        tokio::spawn(async move {
+            let opened = wait_until(Duration::from_secs(90), || async { signal.exists() }).await;
+            if !opened {
+                return;
+            }
+            for seq in 1i64.. {
+                publish(
+                    &c,
+                    &live,
+                    "telemetry",
+                    json!({"epoch": "live", "versions": {"model": "1.2.0"}, "seq": seq, "ts": now_ms(),
+                           "metrics": {"temp_c": 48.0 + seq as f64 / 10.0, "fresh_metric": seq as f64}}),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
     run_browser_script(
         &app,
         &chromium,
         "device_page.mjs",
-        Duration::from_secs(120),
+        Duration::from_secs(150),
         &[
             ("DROVER_USERNAME", "admin".to_string()),
             ("DROVER_PASSWORD", app.admin_password.to_string()),
             ("DROVER_NEW_PASSWORD", "a-password-of-my-own".to_string()),
             ("DROVER_EXPECT", expect.to_string()),
+            ("DROVER_LIVE_SIGNAL", signal.display().to_string()),
         ],
     )
     .await;
+    feeder.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,4 +335,60 @@ async fn an_operator_starts_pauses_and_follows_a_rollout_in_chromium() {
     )
     .await;
     sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_the_fleet_from_the_browser_and_a_viewer_only_watches() {
+    let chromium = require_browser_tools();
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    for (name, role) in [("ada", "admin"), ("vera", "viewer")] {
+        let res = app
+            .post_json(
+                &admin,
+                "/api/v1/users",
+                &json!({"username": name, "password": format!("{name}-password-123"), "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+    let token = app.enrollment_token(&admin, json!({"uses": 1})).await;
+    let state_dir = app.scratch().join("journey-fleet");
+    let sim = vec![
+        drover_tests::binary("drover-agent", "drover-agent")
+            .display()
+            .to_string(),
+        "simulate".into(),
+        "--server".into(),
+        app.device_base.clone(),
+        "--token".into(),
+        token["token"].as_str().expect("token").to_string(),
+        "--ca-hash".into(),
+        app.ca_hash.clone(),
+        "--devices".into(),
+        "1".into(),
+        "--device-type".into(),
+        "journey-box".into(),
+        "--heartbeat".into(),
+        "1".into(),
+        "--rate".into(),
+        "1".into(),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
+    ];
+    run_browser_script(
+        &app,
+        &chromium,
+        "fleet_journey.mjs",
+        Duration::from_secs(240),
+        &[
+            ("DROVER_USERNAME", "ada".to_string()),
+            ("DROVER_PASSWORD", "ada-password-123".to_string()),
+            ("DROVER_VIEWER", "vera".to_string()),
+            ("DROVER_VIEWER_PASSWORD", "vera-password-123".to_string()),
+            ("DROVER_SIM_CMD", serde_json::to_string(&sim).expect("json")),
+            ("DROVER_DEVICE_TYPE", "journey-box".to_string()),
+        ],
+    )
+    .await;
 }

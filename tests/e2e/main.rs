@@ -15,6 +15,7 @@ mod cli;
 mod dashboard;
 mod identity;
 mod keys;
+mod live;
 mod mosquitto;
 mod mqtt;
 mod ops;

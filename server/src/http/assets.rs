@@ -28,6 +28,7 @@ const ASSETS: &[Asset] = &[
     asset!("drover.js", "text/javascript; charset=utf-8"),
     asset!("charts.js", "text/javascript; charset=utf-8"),
     asset!("upload.js", "text/javascript; charset=utf-8"),
+    asset!("live.js", "text/javascript; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
     asset!("uPlot.iife.min.js", "text/javascript; charset=utf-8"),
     asset!("uPlot.min.css", "text/css; charset=utf-8"),

@@ -54,6 +54,8 @@ pub struct AppState {
     pub gateway: Option<std::sync::Arc<crate::mqtt::gateway::GatewayMetrics>>,
     /// Wakes the rollout engine (a rollout created or controlled).
     pub rollouts: std::sync::Arc<tokio::sync::Notify>,
+    /// Changes for the dashboard's live pages.
+    pub live: crate::live::Live,
 }
 
 /// Builds the actix app for one worker; `HttpServer::new` calls it per worker.

@@ -109,6 +109,8 @@ pub struct MqttLink {
     /// write per [`TOUCH_EVERY_MS`] rather than one per message: on SQLite those writes queue
     /// behind each other and hold up enrollment and ingest.
     touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// Presence changes for the dashboard.
+    live: crate::live::Live,
 }
 
 /// Least time between two writes of a device's last contact; well under the 90 s after which
@@ -129,6 +131,7 @@ impl MqttLink {
         store: Store,
         ingest: Option<tokio::sync::mpsc::Sender<Inbound>>,
         subscriptions: &'static [&'static str],
+        live: crate::live::Live,
     ) -> (MqttLink, tokio::task::JoinHandle<()>) {
         options
             .set_clean_session(false)
@@ -149,6 +152,7 @@ impl MqttLink {
             last_inbound: Default::default(),
             ready: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
             touched: Default::default(),
+            live,
         };
         let task = tokio::spawn(link.clone().drive(eventloop, store));
         (link, task)
@@ -295,20 +299,24 @@ impl MqttLink {
             // Whatever the state says, the next message writes the contact again.
             self.touches().remove(&device_id);
             match serde_json::from_slice::<Presence>(&payload) {
-                Ok(p) => {
-                    if let Err(e) = devices::set_online(store, &device_id, p.online, p.ts).await {
-                        tracing::warn!(device_id, error = %e, "cannot record presence");
-                    }
-                }
+                Ok(p) => match devices::set_online(store, &device_id, p.online, p.ts).await {
+                    Ok(true) => self.live.device(&device_id),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(device_id, error = %e, "cannot record presence"),
+                },
                 Err(e) => {
                     tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}")
                 }
             }
-        } else if self.touch_due(&device_id)
-            && let Err(e) = devices::touch(store, &device_id).await
-        {
-            self.touches().remove(&device_id);
-            tracing::warn!(device_id, error = %e, "cannot record contact");
+        } else if self.touch_due(&device_id) {
+            match devices::touch(store, &device_id).await {
+                Ok(true) => self.live.device(&device_id),
+                Ok(false) => {}
+                Err(e) => {
+                    self.touches().remove(&device_id);
+                    tracing::warn!(device_id, error = %e, "cannot record contact");
+                }
+            }
         }
         let inbound = Inbound {
             device_id,

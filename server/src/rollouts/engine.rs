@@ -110,7 +110,7 @@ impl Hold {
 }
 
 /// Runs forever: follows until it can lead, then leads until it loses the hold.
-pub async fn run(store: Store, mqtt: MqttLink, wake: Arc<Notify>) {
+pub async fn run(store: Store, mqtt: MqttLink, wake: Arc<Notify>, live: crate::live::Live) {
     let holder = format!("pid {}", std::process::id());
     loop {
         let hold = match Hold::acquire(&store).await {
@@ -135,12 +135,20 @@ pub async fn run(store: Store, mqtt: MqttLink, wake: Arc<Notify>) {
             }
         };
         tracing::info!(epoch, "leading the rollout engine");
-        lead(&store, &mqtt, &wake, hold, epoch).await;
+        lead(&store, &mqtt, &wake, &live, hold, epoch).await;
         tracing::warn!(epoch, "no longer leading the rollout engine");
     }
 }
 
-async fn lead(store: &Store, mqtt: &MqttLink, wake: &Notify, mut hold: Hold, epoch: i64) {
+async fn lead(
+    store: &Store,
+    mqtt: &MqttLink,
+    wake: &Notify,
+    live: &crate::live::Live,
+    mut hold: Hold,
+    epoch: i64,
+) {
+    let mut seen = last_event_id(store).await.unwrap_or(0);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -151,7 +159,17 @@ async fn lead(store: &Store, mqtt: &MqttLink, wake: &Notify, mut hold: Hold, epo
         if !hold.alive().await {
             return;
         }
-        match pass(store, mqtt, epoch).await {
+        let led = pass(store, mqtt, epoch).await;
+        // Every change the engine or an operator makes leaves an event: the pages that show
+        // those rollouts are told.
+        match events_since(store, seen).await {
+            Ok((last, ids)) => {
+                seen = last;
+                ids.iter().for_each(|id| live.rollout(id));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read new rollout events"),
+        }
+        match led {
             Ok(true) => {}
             Ok(false) => {
                 hold.release().await;
@@ -181,6 +199,23 @@ pub async fn pass(store: &Store, mqtt: &MqttLink, epoch: i64) -> Result<bool> {
         }
     }
     still_leader(store, epoch).await
+}
+
+async fn last_event_id(store: &Store) -> Result<i64> {
+    let id: Option<i64> = on_store!(store, pool => sqlx::query_scalar(
+        "SELECT MAX(id) FROM rollout_events").fetch_one(pool).await)?;
+    Ok(id.unwrap_or(0))
+}
+
+/// The newest event id and the rollouts with events after `after`.
+async fn events_since(store: &Store, after: i64) -> Result<(i64, Vec<String>)> {
+    let rows: Vec<(i64, String)> = on_store!(store, pool => sqlx::query_as(
+        "SELECT id, rollout_id FROM rollout_events WHERE id > $1 ORDER BY id").bind(after).fetch_all(pool).await)?;
+    let last = rows.last().map_or(after, |r| r.0);
+    let mut ids: Vec<String> = rows.into_iter().map(|r| r.1).collect();
+    ids.sort();
+    ids.dedup();
+    Ok((last, ids))
 }
 
 async fn still_leader(store: &Store, epoch: i64) -> Result<bool> {

@@ -251,6 +251,8 @@ pub struct Ingest {
     pub catalog: std::sync::Arc<Catalog>,
     /// Counters.
     pub metrics: std::sync::Arc<IngestMetrics>,
+    /// Stored readings and health for the dashboard's live pages.
+    pub live: crate::live::Live,
 }
 
 impl Ingest {
@@ -334,9 +336,11 @@ impl Ingest {
         let sets: Vec<String> = readings.iter().map(|r| r.versions.clone()).collect();
         let metric_ids = self.catalog.metric_ids(&self.store, names).await?;
         let version_ids = self.catalog.version_ids(&self.store, sets).await?;
-        let (stored, duplicates) = self
+        let (fresh, duplicates) = self
             .write(&readings, &metric_ids, &version_ids, &health)
             .await?;
+        let stored = fresh.len() as u64;
+        self.announce(&readings, &fresh, &health);
         self.metrics.stored.fetch_add(stored, Ordering::Relaxed);
         self.metrics
             .duplicates
@@ -345,18 +349,43 @@ impl Ingest {
         for (device_id, r) in rejections {
             self.metrics.reject(r.reason);
             events::record(&self.store, &device_id, "telemetry_rejected", &r.detail).await?;
+            self.live.device(&device_id);
         }
         Ok(())
     }
 
+    /// Tells the dashboard what was stored: each device's new readings, and health reports.
+    fn announce(&self, readings: &[Valid], fresh: &[usize], health: &[(String, String)]) {
+        let mut by_device: BTreeMap<&str, Vec<(String, i64, f64)>> = BTreeMap::new();
+        for r in fresh.iter().filter_map(|&i| readings.get(i)) {
+            let points = by_device.entry(r.device_id.as_str()).or_default();
+            points.extend(r.metrics.iter().map(|(n, v)| (n.clone(), r.ts, *v)));
+        }
+        for (device_id, mut points) in by_device {
+            points.sort_by_key(|p| p.1);
+            self.live
+                .send(crate::live::Change::Readings(std::sync::Arc::new(
+                    crate::live::Readings {
+                        device_id: device_id.to_string(),
+                        points,
+                    },
+                )));
+        }
+        for (device_id, _) in health {
+            self.live
+                .send(crate::live::Change::Health(device_id.as_str().into()));
+        }
+    }
+
     /// One transaction: seen keys, points, rollups, latest values, health.
+    /// Answers which readings were new (their indexes) and how many were duplicates.
     async fn write(
         &self,
         readings: &[Valid],
         metric_ids: &HashMap<String, i64>,
         version_ids: &HashMap<String, i64>,
         health: &[(String, String)],
-    ) -> Result<(u64, u64)> {
+    ) -> Result<(Vec<usize>, u64)> {
         let now = now_ms();
         let upsert_rollup = match &self.store {
             Store::Sqlite(_) => "INSERT INTO telemetry_rollups (device_id, metric_id, bucket, version_set_id, min, max, sum, count)
@@ -370,14 +399,14 @@ impl Ingest {
                    min = LEAST(telemetry_rollups.min, excluded.min), max = GREATEST(telemetry_rollups.max, excluded.max),
                    sum = telemetry_rollups.sum + excluded.sum, count = telemetry_rollups.count + excluded.count",
         };
-        let result: std::result::Result<(u64, u64), sqlx::Error> = on_store!(&self.store, pool => {
+        let result: std::result::Result<(Vec<usize>, u64), sqlx::Error> = on_store!(&self.store, pool => {
             let mut tx = pool.begin().await?;
-            let mut stored = 0u64;
+            let mut fresh_ones = Vec::with_capacity(readings.len());
             let mut duplicates = 0u64;
             // (device, metric, bucket, version set) → (min, max, sum, count)
             let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
             let mut latest: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
-            for r in readings {
+            for (i, r) in readings.iter().enumerate() {
                 let fresh = sqlx::query(
                     "INSERT INTO telemetry_seen (device_id, epoch, seq, ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                     .bind(&r.device_id).bind(&r.epoch).bind(r.seq).bind(r.ts)
@@ -386,7 +415,7 @@ impl Ingest {
                     duplicates += 1;
                     continue;
                 }
-                stored += 1;
+                fresh_ones.push(i);
                 let vset = version_ids.get(&r.versions).copied().unwrap_or(0);
                 for (name, value) in &r.metrics {
                     let Some(&metric) = metric_ids.get(name) else { continue };
@@ -427,7 +456,7 @@ impl Ingest {
                     .execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok((stored, duplicates))
+            Ok((fresh_ones, duplicates))
         });
         Ok(result?)
     }

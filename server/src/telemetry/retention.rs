@@ -101,13 +101,19 @@ pub async fn mark_silent_offline(
 }
 
 /// The background loop: presence every 10 s, retention every 10 minutes.
-pub async fn run(store: Store, retention: Retention, offline_after: Duration) {
+pub async fn run(
+    store: Store,
+    retention: Retention,
+    offline_after: Duration,
+    live: crate::live::Live,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let mut passes = 0u64;
     loop {
         tick.tick().await;
-        if let Err(e) = mark_silent_offline(&store, offline_after, now_ms()).await {
-            tracing::warn!(error = %e, "cannot update device presence");
+        match mark_silent_offline(&store, offline_after, now_ms()).await {
+            Ok(ids) => ids.iter().for_each(|id| live.device(id)),
+            Err(e) => tracing::warn!(error = %e, "cannot update device presence"),
         }
         if passes.is_multiple_of(60) {
             match run_once(&store, retention, now_ms()).await {

@@ -147,6 +147,7 @@ async fn patch_device(
         result,
     )
     .await?;
+    state.live.device(&id);
     Ok(web::Json(views::device(&state.store, &id).await?))
 }
 
@@ -170,6 +171,7 @@ async fn accept_device(
         result,
     )
     .await?;
+    state.live.device(&id);
     Ok(web::Json(views::device(&state.store, &id).await?))
 }
 
@@ -192,6 +194,7 @@ async fn revoke_device(
         result,
     )
     .await?;
+    state.live.device(&id);
     Ok(web::Json(views::device(&state.store, &id).await?))
 }
 
@@ -214,6 +217,7 @@ async fn delete_device(
         result,
     )
     .await?;
+    state.live.device(&id);
     Ok(HttpResponse::NoContent().finish())
 }
 

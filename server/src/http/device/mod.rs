@@ -47,6 +47,8 @@ pub struct DeviceState {
     pub blobs: crate::blobs::BlobStore,
     /// Wakes the rollout engine (a device reported).
     pub rollouts: Arc<tokio::sync::Notify>,
+    /// Changes for the dashboard's live pages.
+    pub live: crate::live::Live,
 }
 
 /// The client certificate presented at the handshake, if any.
@@ -259,6 +261,7 @@ async fn enroll(
         result,
     )
     .await?;
+    state.live.device(&enrolled.device.id);
     let trust_envelope = keys::current_trust(&identity.store)
         .await?
         .ok_or_else(|| Error::Internal("no trust document".into()))?;
@@ -458,6 +461,8 @@ async fn update_status(
     .await?;
     if recorded.recorded {
         state.rollouts.notify_one();
+        state.live.device(&caller.device.id);
+        state.live.rollout(&rollout_id);
     }
     Ok(HttpResponse::Ok().json(recorded))
 }

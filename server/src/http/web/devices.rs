@@ -210,7 +210,10 @@ async fn act(
     result: crate::error::Result<crate::identity::devices::Device>,
 ) -> Result<HttpResponse, WebError> {
     match audit::record_result(&state.store, &who.actor(req), action, Some(id), result).await {
-        Ok(_) => Ok(see_other(&format!("/devices/{id}?done={done}"))),
+        Ok(_) => {
+            state.live.device(id);
+            Ok(see_other(&format!("/devices/{id}?done={done}")))
+        }
         Err(e @ (Error::Conflict(_) | Error::Invalid { .. })) => {
             render_device(
                 state,

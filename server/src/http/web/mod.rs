@@ -7,6 +7,7 @@ mod admin;
 mod bundles;
 mod devices;
 mod enrollment;
+mod live;
 mod pages;
 mod rollouts;
 
@@ -25,6 +26,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     rollouts::routes(cfg);
     devices::routes(cfg);
     enrollment::routes(cfg);
+    live::routes(cfg);
     pages::routes(cfg);
 }
 

@@ -5,9 +5,10 @@ use actix_web::{HttpResponse, get, web};
 use askama::Template;
 
 use super::{Nav, WebError, html};
+use crate::fleet::Overview;
 use crate::http::AppState;
 use crate::http::auth::WebUser;
-use crate::identity::devices::{self, PresenceCounts};
+use crate::store::now_ms;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(overview).service(alerts);
@@ -17,23 +18,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[template(path = "overview.html")]
 struct OverviewPage {
     nav: Nav,
-    devices: i64,
-    accepted: i64,
-    pending: i64,
-    presence: PresenceCounts,
+    o: Overview,
     backend: &'static str,
+}
+
+impl OverviewPage {
+    fn status(&self, s: &str) -> i64 {
+        self.o.by_status.get(s).copied().unwrap_or(0)
+    }
+
+    fn devices(&self) -> i64 {
+        self.o.by_status.values().sum()
+    }
 }
 
 #[get("/")]
 async fn overview(state: web::Data<AppState>, who: WebUser) -> Result<HttpResponse, WebError> {
-    let counts = devices::count_by_status(&state.store).await?;
-    let presence = devices::count_by_presence(&state.store).await?;
     html(&OverviewPage {
         nav: Nav::new(&who, "overview"),
-        devices: counts.values().sum(),
-        accepted: counts.get("accepted").copied().unwrap_or(0),
-        pending: counts.get("pending").copied().unwrap_or(0),
-        presence,
+        o: crate::fleet::overview(&state.store, now_ms()).await?,
         backend: state.store.backend(),
     })
 }
