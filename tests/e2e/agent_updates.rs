@@ -144,7 +144,7 @@ fn agent_binary() -> PathBuf {
 }
 
 /// Uploads `payloads` and creates a bundle; answers its id.
-async fn bundle(
+pub(crate) async fn bundle(
     app: &TestApp,
     admin: &str,
     name: &str,
