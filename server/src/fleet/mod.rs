@@ -183,7 +183,7 @@ async fn active_rollouts(store: &Store) -> Result<Vec<ActiveRollout>> {
         let failed = n("failed") + n("reverted");
         let phases = r.phase_specs().map(|p| p.len()).unwrap_or(0);
         out.push(ActiveRollout {
-            done: n("succeeded") + failed + n("skipped") + n("rolled_back"),
+            done: crate::rollouts::finished_count(&counts),
             succeeded: n("succeeded"),
             failed,
             total: counts.values().sum(),

@@ -822,6 +822,14 @@ pub async fn counts(store: &Store, id: &str) -> Result<BTreeMap<String, i64>> {
     Ok(rows.into_iter().collect())
 }
 
+/// Devices of a rollout that are done with it (whatever the outcome), from its per-state counts.
+pub fn finished_count(counts: &BTreeMap<String, i64>) -> i64 {
+    ["succeeded", "failed", "reverted", "skipped", "rolled_back"]
+        .iter()
+        .filter_map(|s| counts.get(*s))
+        .sum()
+}
+
 /// A device of a rollout, as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeviceView {

@@ -355,6 +355,26 @@ struct RolloutPage {
 }
 
 impl RolloutPage {
+    /// Devices done with the rollout, and in its target.
+    fn progress(&self) -> (i64, i64) {
+        (
+            crate::rollouts::finished_count(&self.r.counts),
+            self.r.counts.values().sum(),
+        )
+    }
+
+    /// Whether phase `i` (from 0) is behind, at or ahead of the current one.
+    fn phase_state(&self, i: &usize) -> &'static str {
+        let current = usize::try_from(self.r.phase - 1).unwrap_or(0);
+        let finished = matches!(self.r.state.as_str(), "completed");
+        match (*i).cmp(&current) {
+            std::cmp::Ordering::Less => "done",
+            std::cmp::Ordering::Equal if finished => "done",
+            std::cmp::Ordering::Equal => "current",
+            std::cmp::Ordering::Greater => "waiting",
+        }
+    }
+
     /// The controls the rollout's state allows.
     fn actions(&self) -> Vec<Action> {
         let s = self.r.state.as_str();
