@@ -1,12 +1,18 @@
-// The device page's charts: fetches the last hour of each metric as JSON
-// (the CSP forbids inline scripts, so the data comes from the element's
-// data-series URL) and draws one uPlot chart per metric. Text from the
-// server only ever goes into textContent, never into markup.
+// The device page's charts: fetches each metric over the chosen range (1 h,
+// 24 h or 7 d) as JSON from the element's data-series URL (the CSP forbids
+// inline scripts) and draws one uPlot chart per metric. Readings that live.js
+// hands over as "drover:readings" events are added without asking the
+// server again: a new point on a chart of single readings, or a moved last
+// bucket (mean, min, max) on a chart of buckets, on every range; the window
+// slides forward and drops what falls out of it. A metric not charted yet,
+// or an hour grown too busy to draw point by point, loads the range again.
+// Text from the server only ever goes into textContent, never into markup.
 "use strict";
 (() => {
   const root = document.getElementById("charts");
   if (!root) return;
   const status = root.querySelector("[data-charts-status]");
+  const picker = document.getElementById("chart-range");
   const say = (text) => {
     status.textContent = text;
     status.hidden = false;
@@ -16,85 +22,317 @@
     return;
   }
 
+  // The server's ranges (telemetry::views::ChartRange): length, and the
+  // bucket width their windows start on (the hour starts anywhere).
+  const RANGES = {
+    "1h": { span: 3_600_000, align: 1, empty: "No readings in the last hour." },
+    "24h": { span: 86_400_000, align: 300_000, empty: "No readings in the last 24 hours." },
+    "7d": { span: 604_800_000, align: 3_600_000, empty: "No readings in the last 7 days." },
+  };
+  // As many charts as the server sends at most (views::MAX_CHARTS).
+  const MAX_CHARTS = 24;
+  // Twice the server's raw limit (views::RAW_LIMIT): past it a chart of single
+  // readings is loaded again, and the server answers with one-minute buckets.
+  const RAW_CEILING = 1440;
+
   const css = getComputedStyle(document.documentElement);
   const color = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
   const accent = color("--accent", "#1f5f8b");
   const muted = color("--muted", "#5b6577");
   const line = color("--line", "#dde1e7");
   const text = color("--text", "#1d2430");
+  const band = /^#[0-9a-f]{6}$/i.test(accent)
+    ? `rgba(${[1, 3, 5].map((i) => parseInt(accent.slice(i, i + 2), 16)).join(",")},0.14)`
+    : "rgba(31,95,139,0.14)";
   const axis = { stroke: text, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
   const height = 180;
-
   const width = (el) => Math.max(200, Math.floor(el.clientWidth));
 
+  let range = RANGES[root.dataset.range] ? root.dataset.range : "1h";
+  // Window in the server's clock: the page's clock may be off, so the
+  // server's "to" and the time since it answered place the window.
+  let clockOffset = 0;
+  let from = 0;
+  let to = 0;
+  const charts = new Map(); // metric → chart state, in the order drawn
+  let loading = 0; // the number of the load under way (0: none)
+  let loads = 0;
+  let queued = []; // readings that arrived while loading
+  let reloadTimer = 0;
+  let drawFrame = 0;
+
+  function slide(newest) {
+    const r = RANGES[range];
+    const now = Math.max(Date.now() + clockOffset, newest + 1);
+    if (now <= to) return;
+    to = now;
+    const start = to - r.span;
+    from = start - (start % r.align);
+  }
+
+  const bucketCaption = (step) =>
+    step % 3600 === 0 ? `${step / 3600}-hour` : `${step / 60}-minute`;
+
+  function addChart(s) {
+    const figure = document.createElement("figure");
+    figure.className = "chart";
+    figure.dataset.metric = s.metric;
+    const caption = document.createElement("figcaption");
+    const name = document.createElement("code");
+    name.textContent = s.metric;
+    caption.append(name);
+    const rolled = Boolean(s.step) && Array.isArray(s.min) && Array.isArray(s.max);
+    if (rolled) {
+      caption.append(` · mean of ${bucketCaption(s.step)} buckets, with min and max`);
+    }
+    const plot = document.createElement("div");
+    figure.append(caption, plot);
+    root.append(figure);
+
+    const lines = [{}, { label: rolled ? "mean" : "value", stroke: accent, width: 2, points: { show: !rolled } }];
+    if (rolled) {
+      lines.push({ label: "min", stroke: muted, width: 1, dash: [4, 4] });
+      lines.push({ label: "max", stroke: muted, width: 1, dash: [4, 4] });
+    }
+    const c = {
+      figure,
+      plot,
+      step: rolled ? s.step * 1000 : 0,
+      ts: s.ts.slice(),
+      value: s.value.slice(),
+      min: rolled ? s.min.slice() : null,
+      max: rolled ? s.max.slice() : null,
+      // Older servers sent no counts; one reading per bucket is the safe guess.
+      count: rolled ? (Array.isArray(s.count) ? s.count.slice() : s.ts.map(() => 1)) : null,
+    };
+    c.chart = new uPlot({
+      width: width(plot),
+      height,
+      // The axis always spans the whole window, however few the readings.
+      scales: { x: { time: true, range: () => [from / 1000, to / 1000] } },
+      axes: [axis, axis],
+      series: lines,
+      bands: rolled ? [{ series: [3, 2], fill: band }] : [],
+    }, columns(c), plot);
+    figure.dataset.points = String(c.ts.length);
+    charts.set(s.metric, c);
+  }
+
+  function columns(c) {
+    const cols = [c.ts.map((t) => t / 1000), c.value];
+    if (c.step) cols.push(c.min, c.max);
+    return cols;
+  }
+
+  function clear() {
+    for (const c of charts.values()) {
+      c.chart.destroy();
+      c.figure.remove();
+    }
+    charts.clear();
+    for (const el of root.querySelectorAll("[data-charts-more]")) el.remove();
+  }
+
   function draw(data) {
+    clear();
+    clockOffset = data.to - Date.now();
+    from = data.from;
+    to = data.to;
     const series = Array.isArray(data.series) ? data.series : [];
     if (series.length === 0) {
-      say("No readings in the last hour.");
-      return;
+      say(RANGES[range].empty);
+    } else {
+      status.hidden = true;
     }
-    status.hidden = true;
-    const range = [data.from / 1000, data.to / 1000];
-    const charts = [];
-    for (const s of series) {
-      const figure = document.createElement("figure");
-      figure.className = "chart";
-      const caption = document.createElement("figcaption");
-      const name = document.createElement("code");
-      name.textContent = s.metric;
-      caption.append(name);
-      if (s.step) {
-        caption.append(` · mean of ${s.step / 60}-minute buckets, with min and max`);
-      }
-      const plot = document.createElement("div");
-      figure.append(caption, plot);
-      root.append(figure);
-
-      const columns = [s.ts.map((t) => t / 1000), s.value];
-      const lines = [{}, { label: s.step ? "mean" : "value", stroke: accent, width: 2, points: { show: !s.step } }];
-      if (s.step && Array.isArray(s.min) && Array.isArray(s.max)) {
-        columns.push(s.min, s.max);
-        lines.push({ label: "min", stroke: muted, width: 1, dash: [4, 4] });
-        lines.push({ label: "max", stroke: muted, width: 1, dash: [4, 4] });
-      }
-      const chart = new uPlot({
-        width: width(plot),
-        height,
-        scales: { x: { time: true, range } },
-        axes: [axis, axis],
-        series: lines,
-      }, columns, plot);
-      charts.push([chart, plot]);
-    }
+    for (const s of series) addChart(s);
     if (data.omitted > 0) {
       const more = document.createElement("p");
       more.className = "muted";
-      more.textContent = `${data.omitted} more metrics have readings in the last hour; the API has them all.`;
+      more.dataset.chartsMore = "";
+      more.textContent = `${data.omitted} more metrics have readings in this range; the API has them all.`;
       root.append(more);
-    }
-    // Charts follow the page's width (a phone turned, a window resized).
-    if (typeof ResizeObserver !== "undefined") {
-      const observer = new ResizeObserver(() => {
-        for (const [chart, plot] of charts) chart.setSize({ width: width(plot), height });
-      });
-      observer.observe(root);
     }
   }
 
-  fetch(root.dataset.series, {
-    credentials: "same-origin",
-    redirect: "manual",
-    headers: { Accept: "application/json" },
-  })
-    .then((res) => {
+  async function load() {
+    const mine = ++loads;
+    loading = mine;
+    root.setAttribute("aria-busy", "true");
+    root.dataset.state = "loading";
+    const url = new URL(root.dataset.series, location.href);
+    url.searchParams.set("range", range);
+    try {
+      const res = await fetch(url, {
+        credentials: "same-origin",
+        redirect: "manual",
+        headers: { Accept: "application/json" },
+      });
       if (res.type === "opaqueredirect") {
         throw new Error("Your session has ended; reload the page to sign in again.");
       }
       if (!res.ok) {
         throw new Error(`The charts could not be loaded (HTTP ${res.status}); reload the page to try again.`);
       }
-      return res.json();
-    })
-    .then(draw)
-    .catch((err) => say(err instanceof Error ? err.message : "The charts could not be loaded."));
+      const data = await res.json();
+      if (mine !== loads) return; // a newer load (another range) won
+      draw(data);
+      root.dataset.state = "ready";
+    } catch (err) {
+      if (mine !== loads) return;
+      clear();
+      say(err instanceof Error ? err.message : "The charts could not be loaded.");
+      root.dataset.state = "failed";
+    } finally {
+      if (mine === loads) {
+        loading = 0;
+        root.removeAttribute("aria-busy");
+        const waiting = queued;
+        queued = [];
+        if (root.dataset.state === "ready") add(waiting);
+      }
+    }
+  }
+
+  // Loads the range again soon, once for a burst of readings.
+  function reloadSoon() {
+    if (reloadTimer) return;
+    reloadTimer = setTimeout(() => {
+      reloadTimer = 0;
+      load();
+    }, 500);
+  }
+
+  // Index of the first element of sorted `list` not less than `t`.
+  function lowerBound(list, t) {
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid] < t) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  function addReading(c, ts, value) {
+    if (!c.step) {
+      const i = lowerBound(c.ts, ts);
+      // Already drawn: the load and the live stream both carried it.
+      if (c.ts[i] === ts) return;
+      c.ts.splice(i, 0, ts);
+      c.value.splice(i, 0, value);
+      return;
+    }
+    // Buckets start at multiples of the step, as the server's rollups do.
+    // A reading both in a load's answer and in a live event right after it
+    // is counted twice here: min and max stay right, the mean moves a hair.
+    const b = ts - (((ts % c.step) + c.step) % c.step);
+    const i = lowerBound(c.ts, b);
+    if (c.ts[i] === b) {
+      const n = c.count[i];
+      c.value[i] = (c.value[i] * n + value) / (n + 1);
+      c.count[i] = n + 1;
+      c.min[i] = Math.min(c.min[i], value);
+      c.max[i] = Math.max(c.max[i], value);
+    } else {
+      c.ts.splice(i, 0, b);
+      c.value.splice(i, 0, value);
+      c.count.splice(i, 0, 1);
+      c.min.splice(i, 0, value);
+      c.max.splice(i, 0, value);
+    }
+  }
+
+  // Drops what the window has left behind: readings before its start, and
+  // buckets that end before it.
+  function prune(c) {
+    const cut = lowerBound(c.ts, from - (c.step ? c.step - 1 : 0));
+    if (cut === 0) return;
+    for (const col of [c.ts, c.value, c.min, c.max, c.count]) {
+      if (col) col.splice(0, cut);
+    }
+  }
+
+  function redraw() {
+    drawFrame = 0;
+    for (const c of charts.values()) {
+      prune(c);
+      c.chart.setData(columns(c));
+      c.figure.dataset.points = String(c.ts.length);
+    }
+  }
+
+  function add(points) {
+    if (points.length === 0) return;
+    if (loading) {
+      for (const p of points) queued.push(p);
+      return;
+    }
+    let newest = 0;
+    let unknown = false;
+    for (const p of points) {
+      if (!Array.isArray(p) || p.length !== 3) continue;
+      const [metric, ts, value] = p;
+      if (typeof metric !== "string" || !Number.isFinite(ts) || !Number.isFinite(value)) continue;
+      newest = Math.max(newest, ts);
+      const c = charts.get(metric);
+      if (!c) {
+        unknown = unknown || charts.size < MAX_CHARTS;
+        continue;
+      }
+      if (ts < from) continue;
+      addReading(c, ts, value);
+      if (!c.step && c.ts.length > RAW_CEILING) unknown = true;
+    }
+    slide(newest);
+    if (unknown) {
+      queued = [];
+      reloadSoon();
+      return;
+    }
+    if (!drawFrame) drawFrame = requestAnimationFrame(redraw);
+  }
+
+  document.addEventListener("drover:readings", (event) => {
+    add(Array.isArray(event.detail) ? event.detail : []);
+  });
+
+  // A quiet device's chart still moves with the clock.
+  setInterval(() => {
+    if (loading || charts.size === 0) return;
+    slide(0);
+    if (!drawFrame) drawFrame = requestAnimationFrame(redraw);
+  }, 30_000);
+
+  // Charts follow the page's width (a phone turned, a window resized).
+  if (typeof ResizeObserver !== "undefined") {
+    new ResizeObserver(() => {
+      for (const c of charts.values()) c.chart.setSize({ width: width(c.plot), height });
+    }).observe(root);
+  }
+
+  if (picker) {
+    const buttons = Array.from(picker.querySelectorAll("button[data-range]"));
+    const press = () => {
+      for (const b of buttons) b.setAttribute("aria-pressed", String(b.dataset.range === range));
+    };
+    for (const b of buttons) {
+      b.addEventListener("click", () => {
+        const next = b.dataset.range;
+        if (!RANGES[next] || next === range) return;
+        range = next;
+        root.dataset.range = range;
+        press();
+        // The address keeps the range, so a reload or a shared link shows it.
+        const here = new URL(location.href);
+        here.searchParams.set("range", range);
+        history.replaceState(history.state, "", here);
+        load();
+      });
+    }
+    press();
+    picker.hidden = false;
+  }
+
+  load();
 })();

@@ -1,20 +1,27 @@
 // The dashboard in a real Chromium: sign in through the login form (changing
 // a one-time password when the server asks), then check a device's latest
-// values and its uPlot charts, the empty and missing cases, and the
-// overview's presence counts, with no console errors or CSP violations.
+// values, installed versions and uPlot charts, readings that arrive while
+// the page is open growing its charts without a reload, the range buttons
+// (by mouse and keyboard), the empty and missing cases, and the overview's
+// presence counts, with no console errors or CSP violations.
 //
 // Started by tests/e2e/browser.rs, which runs a real server and sends real
 // telemetry first. Input (environment):
 //   DROVER_BASE_URL      http://127.0.0.1:PORT
 //   DROVER_USERNAME, DROVER_PASSWORD, DROVER_NEW_PASSWORD (used if the server
 //                        asks for a new password)
-//   DROVER_EXPECT        JSON: {live:{id,name,latest:{metric:value},versions:[text],charts:[metric]},
+//   DROVER_EXPECT        JSON: {live:{id,name,latest:{metric:value},versions:[text],charts:[metric],
+//                        health:{label:text},installed:[[name,kind,version]],fresh:metric},
 //                        quiet:{id,latest:{metric:value}}, never:{id},
 //                        overview:{total,accepted,online,offline,never}}
+//   DROVER_LIVE_SIGNAL   a file this script creates once the live device's page
+//                        is drawn; the test then sends that device a reading a
+//                        second, of temp_c and of the metric live.fresh
 //   DROVER_CHROMIUM      the browser (default /usr/bin/chromium)
 //   DROVER_BROWSER_OUT   a directory for screenshots (optional)
 // Exits 0 when every check holds; otherwise prints each failure and exits 1.
 
+import { writeFileSync } from "node:fs";
 import { check, env as envOf, finish, inChromium } from "./lib.mjs";
 
 const env = (name, fallback) => envOf("device_page.mjs", name, fallback);
@@ -24,6 +31,7 @@ const username = env("DROVER_USERNAME");
 const password = env("DROVER_PASSWORD");
 const newPassword = process.env.DROVER_NEW_PASSWORD ?? "";
 const expect = JSON.parse(env("DROVER_EXPECT"));
+const liveSignal = env("DROVER_LIVE_SIGNAL");
 const executablePath = env("DROVER_CHROMIUM", "/usr/bin/chromium");
 const out = process.env.DROVER_BROWSER_OUT ?? "";
 
@@ -136,7 +144,115 @@ async function livePage(page, shot) {
   }
   const status = await page.$eval("#charts [data-charts-status]", (el) => (el.hidden ? "" : el.textContent));
   check(status === "", "no chart status message is left showing", status);
+
+  const installed = await page.$$eval("#installed tbody tr", (trs) =>
+    trs.map((tr) => Array.from(tr.querySelectorAll("td"), (td) => td.textContent.trim())),
+  );
+  check(same(installed, live.installed), "installed versions come from the health report", JSON.stringify(installed));
+  check((await page.textContent("#event-list"))?.includes("online"), "the events list its coming online");
+  check((await page.textContent("#no-updates"))?.startsWith("No updates yet:"), "an empty update history says what fills it");
   await shot("device");
+
+  await liveReadings(page, live);
+  await ranges(page, live, shot);
+}
+
+// Readings sent while the page is open: new points and a new chart, no reload.
+async function liveReadings(page, live) {
+  await page.waitForFunction(() => document.querySelector("#live-status")?.textContent === "Live")
+    .catch(() => {});
+  check((await page.textContent("#live-status")) === "Live", "the live badge says Live", await page.textContent("#live-status"));
+  await page.evaluate(() => { window.__droverNoReload = true; });
+  const points = (metric) =>
+    page.$eval(`#charts figure.chart[data-metric="${metric}"]`, (f) => Number(f.dataset.points)).catch(() => -1);
+  const before = await points("temp_c");
+  check(before === 30, "temp_c's chart starts with the thirty readings sent", before);
+  check((await page.$$(`#charts figure.chart[data-metric="${live.fresh}"]`)).length === 0, `${live.fresh} is not charted yet`);
+  // Loading the range again would draw new figures; this one must grow in place.
+  await page.$eval('#charts figure.chart[data-metric="temp_c"]', (f) => { f.dataset.testMark = "before"; });
+  writeFileSync(liveSignal, "open\n");
+
+  await page.waitForFunction(
+    (n) => Number(document.querySelector('#charts figure.chart[data-metric="temp_c"]')?.dataset.points) > n,
+    before,
+    { timeout: 30_000 },
+  ).catch(() => {});
+  const grown = await page.$eval('#charts figure.chart[data-metric="temp_c"]', (f) => ({
+    points: Number(f.dataset.points),
+    same: f.dataset.testMark === "before",
+    drawn: (f.querySelector(".uplot canvas")?.width ?? 0) > 0,
+  })).catch(() => ({ points: -1, same: false, drawn: false }));
+  check(grown.points > before, "a reading sent over MQTT becomes a new point of the open chart", `${before} → ${grown.points}`);
+  check(grown.same && grown.drawn, "added to the chart drawn, not by loading the charts again", JSON.stringify(grown));
+
+  await page.waitForSelector(`#charts figure.chart[data-metric="${live.fresh}"] .uplot canvas`, { timeout: 30_000 })
+    .catch(() => {});
+  const fresh = await points(live.fresh);
+  check(fresh >= 1, `a metric first sent while the page is open (${live.fresh}) gets a chart`, fresh);
+  const names = await page.$$eval("#charts figure.chart", (figs) => figs.map((f) => f.dataset.metric));
+  check(same(names, [...live.charts, live.fresh].sort()), "the charts stay in name order", JSON.stringify(names));
+  await page.waitForFunction(
+    (m) => Array.from(document.querySelectorAll("#latest tbody td code"), (c) => c.textContent).includes(m),
+    live.fresh,
+    { timeout: 15_000 },
+  ).catch(() => {});
+  const latest = await page.$$eval("#latest tbody td code", (cs) => cs.map((c) => c.textContent));
+  check(latest.includes(live.fresh), "the latest values follow without a reload", JSON.stringify(latest));
+  check(await page.evaluate(() => window.__droverNoReload === true), "all of it without a reload");
+}
+
+function pressed(page) {
+  return page.$$eval("#chart-range button", (bs) =>
+    bs.filter((b) => b.getAttribute("aria-pressed") === "true").map((b) => b.dataset.range));
+}
+
+// Waits until the charts show `range`, loaded.
+function ready(page, range) {
+  return page.waitForFunction((r) => {
+    const el = document.getElementById("charts");
+    return el?.dataset.range === r && el?.dataset.state === "ready";
+  }, range, { timeout: 15_000 }).catch(() => {});
+}
+
+function captions(page) {
+  return page.$$eval("#charts figcaption", (fs) => fs.map((f) => f.textContent));
+}
+
+// The range buttons: a labelled group, one pressed, by mouse and by keyboard.
+async function ranges(page, live, shot) {
+  const group = await page.$eval("#chart-range", (g) => ({
+    role: g.getAttribute("role"),
+    label: g.getAttribute("aria-label"),
+    hidden: g.hidden,
+    buttons: Array.from(g.querySelectorAll("button"), (b) => b.textContent.trim()),
+  }));
+  check(group.role === "group" && group.label === "Chart range" && !group.hidden, "the range buttons are a labelled group", JSON.stringify(group));
+  check(same(group.buttons, ["1 h", "24 h", "7 d"]), "offering 1 h, 24 h and 7 d", JSON.stringify(group.buttons));
+  check(same(await pressed(page), ["1h"]), "the hour is pressed first", JSON.stringify(await pressed(page)));
+
+  await page.click('#chart-range button[data-range="24h"]');
+  await ready(page, "24h");
+  check(same(await pressed(page), ["24h"]), "a click presses 24 h and releases 1 h", JSON.stringify(await pressed(page)));
+  const day = await captions(page);
+  check(day.length === live.charts.length + 1 && day.every((c) => c.includes("5-minute buckets, with min and max")),
+    "24 h charts five-minute buckets with min and max", JSON.stringify(day));
+  check(new URL(page.url()).searchParams.get("range") === "24h", "the address keeps the range", page.url());
+  await shot("device-24h");
+
+  await page.focus('#chart-range button[data-range="7d"]');
+  await page.keyboard.press("Space");
+  await ready(page, "7d");
+  check(same(await pressed(page), ["7d"]), "Space on 7 d presses it", JSON.stringify(await pressed(page)));
+  const week = await captions(page);
+  check(week.length > 0 && week.every((c) => c.includes("1-hour buckets")), "7 d charts one-hour buckets", JSON.stringify(week));
+
+  await page.focus('#chart-range button[data-range="1h"]');
+  await page.keyboard.press("Enter");
+  await ready(page, "1h");
+  check(same(await pressed(page), ["1h"]), "Enter on 1 h presses it again", JSON.stringify(await pressed(page)));
+  const hour = await captions(page);
+  check(hour.some((c) => c === "temp_c"), "the hour charts single readings again", JSON.stringify(hour));
+  check(await page.evaluate(() => window.__droverNoReload === true), "switching ranges reloads nothing but the charts");
 }
 
 async function quietPages(page) {
@@ -147,13 +263,21 @@ async function quietPages(page) {
     trs.map((tr) => Array.from(tr.querySelectorAll("td"), (td) => td.textContent.trim())),
   );
   check(same(Object.fromEntries(rows.map(([m, v]) => [m, v])), quiet.latest), "an old reading is still the latest value", JSON.stringify(rows));
-  check((await page.textContent("#no-recent"))?.includes("No readings in the last hour"), "an hour without readings says so");
-  check((await page.$$("#charts")).length === 0, "and draws no chart");
+  await ready(page, "1h");
+  check((await page.textContent("#charts-status"))?.includes("No readings in the last hour"), "an hour without readings says so");
+  check((await page.$$("#charts figure")).length === 0, "and draws no chart");
+  await page.click('#chart-range button[data-range="24h"]');
+  await ready(page, "24h");
+  const day = await page.$$eval("#charts figure.chart", (figs) => figs.map((f) => f.dataset.metric));
+  check(same(day, ["temp_c"]), "the last 24 hours chart its reading of two hours ago", JSON.stringify(day));
 
   // A device that never sent anything.
   await page.goto(`${base}/devices/${expect.never.id}`);
   check((await page.textContent("#no-readings"))?.includes("no readings yet"), "a silent device says it sent no readings yet");
-  check((await page.textContent("#no-recent"))?.includes("No readings in the last hour"), "and that the last hour is empty");
+  await ready(page, "1h");
+  check((await page.textContent("#charts-status"))?.includes("No readings in the last hour"), "and that the last hour is empty");
+  check((await page.textContent("#no-health"))?.startsWith("No health report yet:"), "and that no health report came yet");
+  check((await page.textContent("#no-events"))?.startsWith("No events yet:"), "and that nothing happened yet");
 
   // A device that does not exist gets the dashboard's 404 page.
   const res = await page.goto(`${base}/devices/${expect.missing}`);

@@ -238,8 +238,9 @@ async fn the_device_page_charts_real_telemetry_in_chromium() {
         "overview": {"total": 3, "accepted": 3, "online": 1, "offline": 1, "never": 1},
     });
     // Once the script has the page open it creates this file; from then on the
-    // device sends a reading a second, of temp_c and of a metric not charted yet,
-    // which the open page must draw without a reload.
+    // device sends a reading a second: temp_c alone for five seconds (points
+    // added to the drawn chart), then also a metric not charted yet (a new
+    // chart), which the open page must draw without a reload.
     let signal = app.scratch().join("device-page-open");
     let feeder = {
         let (c, live, signal) = (c.clone(), live.clone(), signal.clone());
@@ -249,12 +250,17 @@ async fn the_device_page_charts_real_telemetry_in_chromium() {
                 return;
             }
             for seq in 1i64.. {
+                let temp = 48.0 + seq as f64 / 10.0;
+                let metrics = if seq <= 5 {
+                    json!({"temp_c": temp})
+                } else {
+                    json!({"temp_c": temp, "fresh_metric": seq as f64})
+                };
                 publish(
                     &c,
                     &live,
                     "telemetry",
-                    json!({"epoch": "live", "versions": {"model": "1.2.0"}, "seq": seq, "ts": now_ms(),
-                           "metrics": {"temp_c": 48.0 + seq as f64 / 10.0, "fresh_metric": seq as f64}}),
+                    json!({"epoch": "abc1", "versions": {"model": "1.2.0"}, "seq": seq, "ts": now_ms(), "metrics": metrics}),
                 )
                 .await;
                 tokio::time::sleep(Duration::from_secs(1)).await;

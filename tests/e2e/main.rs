@@ -13,6 +13,7 @@ mod bundles;
 mod bundles_agent;
 mod cli;
 mod dashboard;
+mod device_page;
 mod escaping;
 mod identity;
 mod keys;

@@ -1,20 +1,22 @@
-//! How a device's telemetry and health look on its dashboard page: the latest
-//! values with the versions behind them, a readable health summary, and the
-//! last hour of each metric in the column shape uPlot draws. Built only from
-//! the queries in `query`; everything here past those calls is pure.
+//! How a device's telemetry, health and events look on its dashboard page:
+//! the latest values with the versions behind them, a readable health
+//! summary, recent events with their log tails apart, and each metric over
+//! the charted range (1 h, 24 h or 7 d) in the column shape uPlot draws.
+//! Built only from the queries in `query`; everything past those calls is pure.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::Catalog;
+use super::events::Event;
 use super::ingest::BUCKET_MS;
 use super::query::{self, Bucket, Latest, RawPoint};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::timefmt::rfc3339;
 
-/// The window the device page charts.
+/// The window the device page charts first (and appends live readings to).
 pub const RECENT_MS: i64 = 3_600_000;
 /// Most charts on one page; each costs one or two queries.
 pub const MAX_CHARTS: usize = 24;
@@ -188,7 +190,81 @@ pub fn duration(s: u64) -> String {
     }
 }
 
-/// One metric's last hour, in columns: every reading, or one-minute buckets.
+/// A window the device page charts, as `?range=` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChartRange {
+    /// The last hour: every reading, or one-minute buckets when there are many.
+    #[default]
+    Hour,
+    /// The last 24 hours in five-minute buckets.
+    Day,
+    /// The last 7 days in one-hour buckets.
+    Week,
+}
+
+impl ChartRange {
+    /// Every range, in the order the page offers them.
+    pub const ALL: [ChartRange; 3] = [ChartRange::Hour, ChartRange::Day, ChartRange::Week];
+
+    /// Parses `?range=`; absent or empty means the last hour.
+    pub fn parse(text: Option<&str>) -> Result<ChartRange> {
+        match text.map(str::trim) {
+            None | Some("" | "1h") => Ok(ChartRange::Hour),
+            Some("24h") => Ok(ChartRange::Day),
+            Some("7d") => Ok(ChartRange::Week),
+            Some(_) => Err(Error::invalid("range", "must be 1h, 24h or 7d")),
+        }
+    }
+
+    /// The name `?range=` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChartRange::Hour => "1h",
+            ChartRange::Day => "24h",
+            ChartRange::Week => "7d",
+        }
+    }
+
+    /// The button's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ChartRange::Hour => "1 h",
+            ChartRange::Day => "24 h",
+            ChartRange::Week => "7 d",
+        }
+    }
+
+    /// The window's length in milliseconds.
+    pub fn span_ms(self) -> i64 {
+        match self {
+            ChartRange::Hour => RECENT_MS,
+            ChartRange::Day => 24 * 3_600_000,
+            ChartRange::Week => 7 * 24 * 3_600_000,
+        }
+    }
+
+    /// Bucket width: one minute for the hour (used only when it is busy),
+    /// else wide enough that a chart has a few hundred points at most.
+    pub fn step_ms(self) -> i64 {
+        match self {
+            ChartRange::Hour => BUCKET_MS,
+            ChartRange::Day => 5 * 60_000,
+            ChartRange::Week => 3_600_000,
+        }
+    }
+
+    /// The window `[from, to)` ending at `now`. Bucketed ranges start on a
+    /// bucket boundary, so their first bucket is whole rather than a sliver.
+    pub fn window(self, now: i64) -> (i64, i64) {
+        let from = now - self.span_ms();
+        match self {
+            ChartRange::Hour => (from, now),
+            ChartRange::Day | ChartRange::Week => (from - from.rem_euclid(self.step_ms()), now),
+        }
+    }
+}
+
+/// One metric over the charted window, in columns: every reading, or buckets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Series {
     /// Metric name.
@@ -196,7 +272,7 @@ pub struct Series {
     /// Bucket width in seconds; absent when the points are single readings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<i64>,
-    /// Times (ms since the epoch), oldest first.
+    /// Times (ms since the epoch), oldest first; a bucket's is its start.
     pub ts: Vec<i64>,
     /// The readings, or each bucket's mean.
     pub value: Vec<f64>,
@@ -206,6 +282,10 @@ pub struct Series {
     /// Each bucket's largest reading (buckets only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<Vec<f64>>,
+    /// Readings in each bucket (buckets only), so a live reading can move
+    /// the last bucket's mean without asking again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<Vec<i64>>,
 }
 
 impl Series {
@@ -218,6 +298,7 @@ impl Series {
             value: points.iter().map(|p| p.value).collect(),
             min: None,
             max: None,
+            count: None,
         }
     }
 
@@ -230,13 +311,16 @@ impl Series {
             value: buckets.iter().map(|b| b.avg).collect(),
             min: Some(buckets.iter().map(|b| b.min).collect()),
             max: Some(buckets.iter().map(|b| b.max).collect()),
+            count: Some(buckets.iter().map(|b| b.count).collect()),
         }
     }
 }
 
-/// The last hour of a device's metrics, for its page's charts.
+/// A device's metrics over one charted range, for its page's charts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recent {
+    /// The range charted (`1h`, `24h`, `7d`).
+    pub range: &'static str,
     /// Window start (ms since the epoch).
     pub from: i64,
     /// Window end, exclusive (ms).
@@ -252,9 +336,17 @@ pub fn prefer_raw(readings: i64) -> bool {
     readings <= RAW_LIMIT
 }
 
-/// The last hour before `now` of each metric the device sent in it.
-pub async fn recent(store: &Store, catalog: &Catalog, device_id: &str, now: i64) -> Result<Recent> {
-    let (from, to) = (now - RECENT_MS, now);
+/// Each metric the device sent in `range` before `now`: for the hour, every
+/// reading when there are few and one-minute buckets otherwise; for 24 h and
+/// 7 d, buckets of the range's step from the rollups, with min and max.
+pub async fn series(
+    store: &Store,
+    catalog: &Catalog,
+    device_id: &str,
+    range: ChartRange,
+    now: i64,
+) -> Result<Recent> {
+    let (from, to) = range.window(now);
     // telemetry_latest says which metrics have readings this recent, so
     // metrics the device stopped sending cost no series queries.
     let metrics: Vec<String> = query::latest(store, device_id)
@@ -264,28 +356,66 @@ pub async fn recent(store: &Store, catalog: &Catalog, device_id: &str, now: i64)
         .map(|l| l.metric)
         .collect();
     let omitted = metrics.len().saturating_sub(MAX_CHARTS);
+    let step = range.step_ms();
     let mut series = Vec::new();
     for metric in metrics.iter().take(MAX_CHARTS) {
-        // Buckets first: at most 61 rows, and their counts tell whether the
-        // raw points are few enough to send instead.
-        let buckets = query::rolled(store, catalog, device_id, metric, from, to, BUCKET_MS).await?;
+        // Buckets first: a few hundred rows at most, and for the hour their
+        // counts tell whether the raw points are few enough to send instead.
+        let buckets = query::rolled(store, catalog, device_id, metric, from, to, step).await?;
         let readings: i64 = buckets.iter().map(|b| b.count).sum();
         if readings == 0 {
             continue;
         }
-        series.push(if prefer_raw(readings) {
+        series.push(if range == ChartRange::Hour && prefer_raw(readings) {
             let points = query::raw(store, catalog, device_id, metric, from, to).await?;
             Series::raw(metric, &points)
         } else {
-            Series::rolled(metric, BUCKET_MS, &buckets)
+            Series::rolled(metric, step, &buckets)
         });
     }
     Ok(Recent {
+        range: range.as_str(),
         from,
         to,
         series,
         omitted,
     })
+}
+
+/// Marks where an install failure's log tail starts in its event's detail
+/// (see `updates::record`).
+const LOG_TAIL_MARK: &str = "\n--- log tail ---\n";
+
+/// One row of the device page's events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// What kind of event (`online`, `update_failed`, …).
+    pub kind: String,
+    /// When, RFC 3339.
+    pub at: String,
+    /// How long ago.
+    pub age: String,
+    /// What happened, without the log tail.
+    pub summary: String,
+    /// The install or health log's last lines, for install failures.
+    pub log_tail: Option<String>,
+}
+
+impl EventRow {
+    /// A stored event, judged at `now` (ms).
+    pub fn new(e: &Event, now: i64) -> EventRow {
+        let (summary, log_tail) = match e.detail.split_once(LOG_TAIL_MARK) {
+            Some((summary, tail)) => (summary.to_string(), Some(tail.to_string())),
+            None => (e.detail.clone(), None),
+        };
+        EventRow {
+            kind: e.kind.clone(),
+            at: rfc3339(e.at),
+            age: age(now, e.at),
+            summary,
+            log_tail,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -376,6 +506,58 @@ mod tests {
     }
 
     #[test]
+    fn ranges_parse_from_their_names_and_refuse_anything_else() {
+        assert_eq!(ChartRange::parse(None).expect("default"), ChartRange::Hour);
+        assert_eq!(
+            ChartRange::parse(Some("")).expect("empty"),
+            ChartRange::Hour
+        );
+        for r in ChartRange::ALL {
+            assert_eq!(ChartRange::parse(Some(r.as_str())).expect("own name"), r);
+        }
+        for bad in ["1d", "7D", "week", "-1h"] {
+            let e = ChartRange::parse(Some(bad)).expect_err(bad);
+            assert_eq!(e.to_string(), "range: must be 1h, 24h or 7d");
+        }
+    }
+
+    #[test]
+    fn bucketed_windows_start_on_a_bucket_and_cover_the_whole_range() {
+        let now = NOW + 123_456;
+        assert_eq!(ChartRange::Hour.window(now), (now - RECENT_MS, now));
+        for r in [ChartRange::Day, ChartRange::Week] {
+            let (from, to) = r.window(now);
+            assert_eq!(to, now);
+            assert_eq!(from.rem_euclid(r.step_ms()), 0, "{r:?}");
+            assert!(from <= now - r.span_ms() && from > now - r.span_ms() - r.step_ms());
+            // A day in 5-minute buckets, a week in hours: a few hundred points.
+            assert!((to - from) / r.step_ms() <= 289, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn an_install_failure_keeps_its_log_tail_apart() {
+        let event = |detail: &str| Event {
+            id: 1,
+            at: NOW - 120_000,
+            kind: "update_failed".into(),
+            detail: detail.into(),
+        };
+        let row = EventRow::new(
+            &event("update failed (rollout r1): exit 3\n--- log tail ---\nline 1\nline 2"),
+            NOW,
+        );
+        assert_eq!(row.summary, "update failed (rollout r1): exit 3");
+        assert_eq!(row.log_tail.as_deref(), Some("line 1\nline 2"));
+        assert_eq!(row.age, "2 min ago");
+        let plain = EventRow::new(&event("went offline"), NOW);
+        assert_eq!(
+            (plain.summary.as_str(), plain.log_tail),
+            ("went offline", None)
+        );
+    }
+
+    #[test]
     fn few_readings_are_charted_one_by_one_and_many_in_buckets() {
         assert!(prefer_raw(30));
         assert!(prefer_raw(RAW_LIMIT));
@@ -390,8 +572,8 @@ mod tests {
         let s = Series::rolled("m", BUCKET_MS, &buckets);
         assert_eq!(s.step, Some(60));
         assert_eq!(
-            (s.value, s.min, s.max),
-            (vec![2.0], Some(vec![1.0]), Some(vec![3.0]))
+            (s.value, s.min, s.max, s.count),
+            (vec![2.0], Some(vec![1.0]), Some(vec![3.0]), Some(vec![2]))
         );
         let json = serde_json::to_value(Series::raw(
             "m",

@@ -209,6 +209,49 @@ pub async fn of_rollout(
         .bind(device_id).bind(rollout_id).fetch_optional(pool).await)?)
 }
 
+/// One of a device's updates as its page lists them: its report on a
+/// rollout, with the rollout's name and the bundle's name and version.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryEntry {
+    /// The rollout.
+    pub rollout_id: String,
+    /// The rollout's name; `None` once the rollout is deleted.
+    pub rollout_name: Option<String>,
+    /// The bundle offered.
+    pub bundle_id: Option<String>,
+    /// The bundle's name, from the bundle or, once it is deleted, its rollout.
+    pub bundle_name: Option<String>,
+    /// The bundle's version, found the same way.
+    pub bundle_version: Option<String>,
+    /// Update state.
+    pub state: String,
+    /// What happened.
+    pub detail: String,
+    /// Version running, as the device reported it.
+    pub version: Option<String>,
+    /// The install and health log's end, when the device sent one.
+    pub log_tail: Option<String>,
+    /// When the newest report arrived (ms).
+    pub updated_at: i64,
+}
+
+/// A device's updates, newest report first, at most `limit`.
+pub async fn history(store: &Store, device_id: &str, limit: i64) -> Result<Vec<HistoryEntry>> {
+    // A finished rollout outlives its bundle and keeps the bundle's name and
+    // version, but only for the bundle it rolled out.
+    Ok(on_store!(store, pool => sqlx::query_as::<_, HistoryEntry>(
+        "SELECT u.rollout_id, r.name AS rollout_name, u.bundle_id,
+                COALESCE(b.name, CASE WHEN r.bundle_id = u.bundle_id THEN r.bundle_name END) AS bundle_name,
+                COALESCE(b.version, CASE WHEN r.bundle_id = u.bundle_id THEN r.bundle_version END) AS bundle_version,
+                u.state, u.detail, u.version, u.log_tail, u.updated_at
+           FROM device_updates u
+           LEFT JOIN rollouts r ON r.id = u.rollout_id
+           LEFT JOIN bundles b ON b.id = u.bundle_id
+          WHERE u.device_id = $1
+          ORDER BY u.updated_at DESC, u.rollout_id LIMIT $2")
+        .bind(device_id).bind(limit).fetch_all(pool).await)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,11 @@
 //! Devices in the dashboard: the list with filters and paging, a device's
-//! page with its identity, certificates, latest values, health and charts
-//! (whose data the page fetches from `/devices/{id}/series`), and the
-//! operator's actions.
+//! page with its identity, certificates, latest values, health, installed
+//! versions, update history, events and charts (whose data the page fetches
+//! from `/devices/{id}/series` and then grows from the live readings), and
+//! the operator's actions.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, get, post, web};
 use askama::Template;
 use serde::Deserialize;
 
@@ -15,11 +16,16 @@ use crate::error::Error;
 use crate::http::AppState;
 use crate::http::api::DeviceQuery;
 use crate::http::auth::{Mutation, WebUser};
+use crate::http::errors::ApiError;
 use crate::identity::Tags;
 use crate::identity::devices::{self, DeviceCertificate, Presence, Status};
 use crate::identity::views::{self, CertificateView, DeviceView};
+use crate::paging::Page;
 use crate::store::now_ms;
-use crate::telemetry::views::{self as telemetry, HealthView, LatestView};
+use crate::telemetry::events;
+use crate::telemetry::views::{self as telemetry, ChartRange, EventRow, HealthView, LatestView};
+use crate::timefmt::rfc3339;
+use crate::updates::{self, HistoryEntry};
 use crate::users::Role;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -110,6 +116,11 @@ struct DevicePage {
     tags_text: String,
     latest: Vec<LatestView>,
     health: Option<HealthView>,
+    updates: Vec<UpdateRow>,
+    events: Vec<EventRow>,
+    events_total: i64,
+    range: ChartRange,
+    ranges: [ChartRange; 3],
     error: Option<String>,
     notice: Option<String>,
 }
@@ -119,12 +130,59 @@ impl DevicePage {
     fn has_recent(&self) -> bool {
         self.latest.iter().any(|l| l.recent)
     }
+
+    /// What the charts say while they load, or when the range holds nothing.
+    fn charts_status(&self) -> &'static str {
+        match (self.range, self.has_recent()) {
+            (ChartRange::Hour, false) => "No readings in the last hour.",
+            _ => "Loading charts…",
+        }
+    }
+}
+
+/// How many updates and events the page lists; the API has them all.
+const PAGE_ROWS: u32 = 20;
+
+/// One row of the page's update history.
+struct UpdateRow {
+    rollout_id: String,
+    rollout_name: Option<String>,
+    /// "name version" of the bundle, or its id when neither is known any more.
+    bundle: String,
+    state: String,
+    detail: String,
+    version: Option<String>,
+    log_tail: Option<String>,
+    at: String,
+    age: String,
+}
+
+impl UpdateRow {
+    fn new(u: HistoryEntry, now: i64) -> UpdateRow {
+        let bundle = match (&u.bundle_name, &u.bundle_version, &u.bundle_id) {
+            (Some(name), Some(version), _) => format!("{name} {version}"),
+            (_, _, Some(id)) => id.clone(),
+            _ => String::new(),
+        };
+        UpdateRow {
+            bundle,
+            at: rfc3339(u.updated_at),
+            age: telemetry::age(now, u.updated_at),
+            rollout_id: u.rollout_id,
+            rollout_name: u.rollout_name,
+            state: u.state,
+            detail: u.detail,
+            version: u.version,
+            log_tail: u.log_tail.filter(|t| !t.trim().is_empty()),
+        }
+    }
 }
 
 async fn render_device(
     state: &AppState,
     who: &WebUser,
     id: &str,
+    range: ChartRange,
     status: StatusCode,
     error: Option<String>,
     notice: Option<String>,
@@ -138,6 +196,17 @@ async fn render_device(
         .collect();
     let latest = telemetry::latest(&state.store, id, now).await?;
     let health = telemetry::health(&state.store, id, now).await?;
+    let updates = updates::history(&state.store, id, i64::from(PAGE_ROWS))
+        .await?
+        .into_iter()
+        .map(|u| UpdateRow::new(u, now))
+        .collect();
+    let rows = Page {
+        page: 1,
+        per_page: PAGE_ROWS,
+    };
+    let (events, events_total) = events::list(&state.store, id, rows).await?;
+    let events = events.iter().map(|e| EventRow::new(e, now)).collect();
     let tags_text = device
         .tags
         .0
@@ -154,6 +223,11 @@ async fn render_device(
             tags_text,
             latest,
             health,
+            updates,
+            events,
+            events_total,
+            range,
+            ranges: ChartRange::ALL,
             error,
             notice,
         },
@@ -161,8 +235,9 @@ async fn render_device(
 }
 
 #[derive(Debug, Deserialize)]
-struct DoneQuery {
+struct DevicePageQuery {
     done: Option<String>,
+    range: Option<String>,
 }
 
 #[get("/devices/{id}")]
@@ -170,7 +245,7 @@ async fn device_page(
     state: web::Data<AppState>,
     who: WebUser,
     id: web::Path<String>,
-    query: web::Query<DoneQuery>,
+    query: web::Query<DevicePageQuery>,
 ) -> Result<HttpResponse, WebError> {
     let notice = match query.done.as_deref() {
         Some("accepted") => Some("Accepted: the device may now use the device API.".to_string()),
@@ -181,23 +256,44 @@ async fn device_page(
         Some("updated") => Some("Saved.".to_string()),
         _ => None,
     };
-    render_device(&state, &who, &id, StatusCode::OK, None, notice).await
+    // The page still shows the device under a bad range, charting the hour.
+    let (range, status, error) = match ChartRange::parse(query.range.as_deref()) {
+        Ok(range) => (range, StatusCode::OK, None),
+        Err(e) => (
+            ChartRange::default(),
+            StatusCode::BAD_REQUEST,
+            Some(e.to_string()),
+        ),
+    };
+    render_device(&state, &who, &id, range, status, error, notice).await
 }
 
-/// The last hour of every metric the device sent, as JSON for the page's
-/// charts. It sits beside the page rather than in /api/v1 so that it takes
-/// the dashboard session, with the page's access rule: any signed-in role.
+#[derive(Debug, Deserialize)]
+struct SeriesQuery {
+    range: Option<String>,
+}
+
+/// Every metric the device sent in the asked range (`?range=1h|24h|7d`,
+/// default 1h), as JSON for the page's charts. It sits beside the page
+/// rather than in /api/v1 so that it takes the dashboard session, with the
+/// page's access rule: any signed-in role. A bad range is a 400 problem
+/// naming `range`, as the API would answer.
 #[get("/devices/{id}/series")]
 async fn device_series(
     state: web::Data<AppState>,
     _who: WebUser,
     id: web::Path<String>,
+    query: web::Query<SeriesQuery>,
 ) -> Result<HttpResponse, WebError> {
+    let range = match ChartRange::parse(query.range.as_deref()) {
+        Ok(range) => range,
+        Err(e) => return Ok(ApiError::from(e).error_response()),
+    };
     devices::require(&state.store, &id).await?;
-    let recent = telemetry::recent(&state.store, &state.catalog, &id, now_ms()).await?;
+    let series = telemetry::series(&state.store, &state.catalog, &id, range, now_ms()).await?;
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
-        .json(recent))
+        .json(series))
 }
 
 async fn act(
@@ -219,6 +315,7 @@ async fn act(
                 state,
                 who,
                 id,
+                ChartRange::default(),
                 StatusCode::CONFLICT,
                 Some(e.to_string()),
                 None,
