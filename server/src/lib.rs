@@ -24,3 +24,4 @@ pub mod telemetry;
 pub mod timefmt;
 pub mod updates;
 pub mod users;
+pub mod webhooks;

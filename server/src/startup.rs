@@ -430,6 +430,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             settings.offline_after,
             live.clone(),
         )),
+        tokio::spawn(crate::webhooks::outbox::run(store.clone())),
     ];
     background.extend(sync_task);
     Ok(Application {

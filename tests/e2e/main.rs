@@ -26,3 +26,4 @@ mod simulator;
 mod telemetry;
 mod telemetry_agent;
 mod updates;
+mod webhooks;

@@ -772,10 +772,12 @@ pub(crate) async fn finish(
 /// Appends a rollout event.
 pub async fn record_event(store: &Store, rollout_id: &str, kind: &str, detail: &str) -> Result<()> {
     tracing::info!(rollout_id, kind, detail, "rollout");
+    let at = now_ms();
     on_store!(store, pool => sqlx::query(
         "INSERT INTO rollout_events (rollout_id, at, kind, detail) VALUES ($1, $2, $3, $4)")
-        .bind(rollout_id).bind(now_ms()).bind(kind).bind(detail)
+        .bind(rollout_id).bind(at).bind(kind).bind(detail)
         .execute(pool).await.map(|r| r.rows_affected()))?;
+    crate::webhooks::rollout_event(store, rollout_id, kind, detail, at).await;
     Ok(())
 }
 

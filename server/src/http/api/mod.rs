@@ -9,6 +9,7 @@ mod enrollment;
 mod keys;
 mod rollouts;
 mod telemetry;
+mod webhooks;
 pub use self::audit::AuditQuery;
 pub(crate) use self::bundles::{check_declared_length, file_response};
 pub use self::devices::DeviceQuery;
@@ -79,6 +80,7 @@ pub fn scope() -> Scope<
         .configure(keys::routes)
         .configure(bundles::routes)
         .configure(rollouts::routes)
+        .configure(webhooks::routes)
         .default_service(web::to(api_not_found))
 }
 

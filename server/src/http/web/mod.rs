@@ -10,6 +10,7 @@ mod enrollment;
 mod live;
 mod pages;
 mod rollouts;
+mod webhooks;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
@@ -24,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     admin::routes(cfg);
     bundles::routes(cfg);
     rollouts::routes(cfg);
+    webhooks::routes(cfg);
     devices::routes(cfg);
     enrollment::routes(cfg);
     live::routes(cfg);
@@ -83,6 +85,7 @@ impl Nav {
             ("/bundles", "Bundles", "bundles"),
             ("/rollouts", "Rollouts", "rollouts"),
             ("/alerts", "Alerts", "alerts"),
+            ("/webhooks", "Webhooks", "webhooks"),
             ("/tokens", "Tokens", "tokens"),
             ("/users", "Users", "users"),
             ("/audit", "Audit log", "audit"),
