@@ -12,7 +12,8 @@
   const parts = (kind) => document.querySelectorAll(`[data-live~="${kind}"][id]`);
   const wanted = ["fleet", "device", "rollout"].filter((k) => parts(k).length > 0);
   const charts = document.getElementById("charts");
-  if (wanted.length === 0 && !charts) return;
+  const firing = document.getElementById("nav-firing");
+  if (wanted.length === 0 && !charts && !firing) return;
 
   const badge = document.getElementById("live-status");
   const show = (state, text) => {
@@ -83,7 +84,19 @@
     }
   });
   for (const kind of ["fleet", "device", "rollout"]) {
-    source.addEventListener(kind, () => {
+    source.addEventListener(kind, (event) => {
+      if (kind === "fleet" && firing) {
+        // Fleet notes carry the number of alerts firing, for the navigation.
+        try {
+          const n = Number(JSON.parse(event.data).firing);
+          if (Number.isInteger(n) && n >= 0) {
+            firing.textContent = String(n);
+            firing.hidden = n === 0;
+          }
+        } catch (_) {
+          // An older server's note without the count.
+        }
+      }
       if (wanted.includes(kind)) refresh([kind]);
     });
   }

@@ -1,6 +1,7 @@
 //! The Drover fleet server as a library: `main.rs` and the end-to-end tests
 //! drive it through `startup::build`.
 
+pub mod alerts;
 pub mod artifacts;
 pub mod audit;
 pub mod blobs;

@@ -31,8 +31,12 @@ pub enum Change {
     /// A device's presence, status, identity, events or update changed:
     /// fleet-wide counts move.
     Device(Arc<str>),
-    /// A device's health report arrived (its own page only).
-    Health(Arc<str>),
+    /// A device came online or went offline.
+    Presence(Arc<str>, bool),
+    /// A device's health report arrived (its own page only), with its figures.
+    Health(Arc<HealthFigures>),
+    /// An alert fired or resolved on a device.
+    Alert(Arc<str>),
     /// Readings of one device were stored.
     Readings(Arc<Readings>),
     /// A rollout moved, or bundles changed.
@@ -49,11 +53,22 @@ pub struct Readings {
     pub points: Vec<(String, i64, f64)>,
 }
 
+/// The figures of a health report that alert rules can watch (as `health.NAME`).
+#[derive(Debug, Default)]
+pub struct HealthFigures {
+    /// The device.
+    pub device_id: String,
+    /// (name, value): cpu_pct, mem_pct, disk_free, temp_c, spool_depth, spool_dropped.
+    pub figures: Vec<(&'static str, f64)>,
+}
+
 /// The hub: cheap to clone, shared by everything that stores changes.
 #[derive(Clone)]
 pub struct Live {
     tx: broadcast::Sender<Change>,
     closed: CancellationToken,
+    /// Alerts firing now: every fleet note carries it, for the navigation's count.
+    firing: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Default for Live {
@@ -61,6 +76,7 @@ impl Default for Live {
         Live {
             tx: broadcast::channel(CAPACITY).0,
             closed: CancellationToken::new(),
+            firing: Arc::default(),
         }
     }
 }
@@ -84,9 +100,24 @@ impl Live {
         self.send(Change::Device(id.into()));
     }
 
+    /// A device came online (true) or went offline.
+    pub fn presence(&self, id: &str, online: bool) {
+        self.send(Change::Presence(id.into(), online));
+    }
+
+    /// Listens to every change (the alert engine does).
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+
     /// A rollout (or the bundles a rollout uses) changed.
     pub fn rollout(&self, id: &str) {
         self.send(Change::Rollout(id.into()));
+    }
+
+    /// Sets the number of alerts firing (the alert engine keeps it).
+    pub fn set_firing(&self, n: i64) {
+        self.firing.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Ends every open stream, so that a stopping server does not wait for them.
@@ -109,7 +140,7 @@ impl Live {
         let (out, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
         let changes = self.tx.subscribe();
         let closed = self.closed.clone();
-        tokio::spawn(pump(changes, focus, out, closed));
+        tokio::spawn(pump(changes, focus, out, closed, self.firing.clone()));
         futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (Ok(chunk), rx))
         })
@@ -142,10 +173,10 @@ impl Dirty {
         }
     }
 
-    fn take(&mut self, focus: &Focus) -> String {
+    fn take(&mut self, focus: &Focus, firing: i64) -> String {
         let mut text = String::new();
         if std::mem::take(&mut self.fleet) {
-            text.push_str("event: fleet\ndata: {}\n\n");
+            text.push_str(&format!("event: fleet\ndata: {{\"firing\":{firing}}}\n\n"));
         }
         if std::mem::take(&mut self.device) && focus.device.is_some() {
             text.push_str("event: device\ndata: {}\n\n");
@@ -163,6 +194,7 @@ async fn pump(
     focus: Focus,
     out: tokio::sync::mpsc::Sender<bytes::Bytes>,
     closed: CancellationToken,
+    firing: Arc<std::sync::atomic::AtomicI64>,
 ) {
     // The browser retries after 3 s when the stream ends (a restart, say).
     let hello = "retry: 3000\nevent: hello\ndata: {}\n\n";
@@ -190,7 +222,7 @@ async fn pump(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = flush.tick() => {
-                let text = dirty.take(&focus);
+                let text = dirty.take(&focus, firing.load(std::sync::atomic::Ordering::Relaxed));
                 if !text.is_empty() {
                     Some(text)
                 } else if idle.elapsed() >= KEEPALIVE {
@@ -213,13 +245,13 @@ async fn pump(
 fn note(focus: &Focus, dirty: &mut Dirty, change: Change) -> Option<String> {
     let mine = |id: &str| focus.device.as_deref() == Some(id);
     match change {
-        Change::Device(id) => {
+        Change::Device(id) | Change::Presence(id, _) | Change::Alert(id) => {
             dirty.fleet = true;
             dirty.device |= mine(&id);
             None
         }
-        Change::Health(id) => {
-            dirty.device |= mine(&id);
+        Change::Health(h) => {
+            dirty.device |= mine(&h.device_id);
             None
         }
         Change::Readings(r) if mine(&r.device_id) => {

@@ -328,6 +328,8 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
     let openapi_json = serde_json::to_string_pretty(&http::api::openapi())
         .map_err(|e| crate::error::Error::Internal(format!("OpenAPI document: {e}")))?;
     let rollout_wake = Arc::new(tokio::sync::Notify::new());
+    let (alerts, alert_tasks) =
+        crate::alerts::engine::Engine::start(store.clone(), live.clone()).await?;
     let state = web::Data::new(AppState {
         store: store.clone(),
         settings: Arc::new(settings.clone()),
@@ -343,6 +345,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         blobs: blobs.clone(),
         rollouts: rollout_wake.clone(),
         live: live.clone(),
+        alerts,
     });
 
     let listener = bind(
@@ -433,6 +436,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         tokio::spawn(crate::webhooks::outbox::run(store.clone())),
     ];
     background.extend(sync_task);
+    background.extend(alert_tasks);
     Ok(Application {
         mqtt,
         server,

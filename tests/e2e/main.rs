@@ -4,6 +4,7 @@
 
 mod agent_identity;
 mod agent_updates;
+mod alerts;
 mod api_conventions;
 mod audit;
 mod auth;

@@ -845,3 +845,66 @@ async fn operators_add_and_delete_webhooks_in_the_dashboard_and_viewers_only_loo
     assert!(html.contains("This webhook was deleted"));
     assert!(html.contains("state-cancelled"), "{html}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alert_firing_and_resolving_reaches_alert_targets_signed() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let secret = "alerts-secret-0123456789";
+    let receiver = Receiver::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        secret,
+        Behaviour::Accept,
+    )
+    .await;
+    create(
+        &app,
+        &admin,
+        json!({"url": receiver.url(), "events": ["alert"], "secret": secret}),
+    )
+    .await;
+    let res = app
+        .post_json(
+            &admin,
+            "/api/v1/alert-rules",
+            &json!({"name": "busy", "metric": "cpu_pct", "condition": {"op": ">", "value": 90},
+                    "for_seconds": 0, "severity": "critical"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let d = app.enrolled_device(&admin).await;
+    let (mqtt, mut eventloop) = drover_tests::mqtt_connect(app.mqtt_options(&d.id, &d))
+        .await
+        .expect("connects");
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    for (seq, value) in [(1, 97.5), (2, 12.0)] {
+        mqtt.publish(
+            d.topic("telemetry"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            json!({"epoch": "a1", "seq": seq, "ts": now + seq, "metrics": {"cpu_pct": value}})
+                .to_string(),
+        )
+        .await
+        .expect("publish");
+        // One at a time: the second reading must find the alert fired.
+        let n = usize::try_from(seq).expect("seq");
+        until_accepted(&receiver, n).await;
+    }
+    let got = receiver.accepted();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(
+        got.iter().all(|r| r.signed && r.event == "alert"),
+        "{got:#?}"
+    );
+    assert_eq!(got[0].body["data"]["state"], "firing");
+    assert_eq!(got[0].body["data"]["device_id"], d.id.as_str());
+    assert_eq!(got[0].body["data"]["value"], 97.5);
+    assert_eq!(got[0].body["data"]["severity"], "critical");
+    assert_eq!(got[1].body["data"]["state"], "resolved");
+    assert_ne!(got[0].delivery, got[1].delivery);
+}

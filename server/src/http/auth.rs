@@ -135,6 +135,8 @@ pub struct WebUser {
     pub user: User,
     /// The session (holds the CSRF token).
     pub session: Session,
+    /// Alerts firing as the request arrived (the navigation shows the count).
+    pub firing_alerts: i64,
 }
 
 impl WebUser {
@@ -192,7 +194,11 @@ async fn web_user(req: &HttpRequest) -> Result<WebUser, WebError> {
     if user.must_change_password && !(path.starts_with("/account") || path == "/logout") {
         return Err(WebError::Redirect("/account".into()));
     }
-    Ok(WebUser { user, session })
+    Ok(WebUser {
+        user,
+        session,
+        firing_alerts: state.alerts.firing(),
+    })
 }
 
 /// A state-changing dashboard request: a signed-in user, a valid CSRF token, and the form `T`.

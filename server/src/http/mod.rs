@@ -56,6 +56,8 @@ pub struct AppState {
     pub rollouts: std::sync::Arc<tokio::sync::Notify>,
     /// Changes for the dashboard's live pages.
     pub live: crate::live::Live,
+    /// Alert rules' evaluation (reloaded when a rule changes).
+    pub alerts: std::sync::Arc<crate::alerts::engine::Engine>,
 }
 
 /// Builds the actix app for one worker; `HttpServer::new` calls it per worker.

@@ -300,7 +300,7 @@ impl MqttLink {
             self.touches().remove(&device_id);
             match serde_json::from_slice::<Presence>(&payload) {
                 Ok(p) => match devices::set_online(store, &device_id, p.online, p.ts).await {
-                    Ok(true) => self.live.device(&device_id),
+                    Ok(true) => self.live.presence(&device_id, p.online),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(device_id, error = %e, "cannot record presence"),
                 },
@@ -310,7 +310,7 @@ impl MqttLink {
             }
         } else if self.touch_due(&device_id) {
             match devices::touch(store, &device_id).await {
-                Ok(true) => self.live.device(&device_id),
+                Ok(true) => self.live.presence(&device_id, true),
                 Ok(false) => {}
                 Err(e) => {
                     self.touches().remove(&device_id);

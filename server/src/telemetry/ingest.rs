@@ -239,6 +239,27 @@ fn valid_metric_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// The figures alert rules may watch in a (validated) health report.
+fn health_figures(device_id: &str, report: &str) -> crate::live::HealthFigures {
+    let mut figures = Vec::new();
+    if let Ok(h) = serde_json::from_str::<drover_proto::Health>(report) {
+        figures.push(("cpu_pct", h.cpu_pct));
+        if h.mem_total > 0 {
+            figures.push(("mem_pct", h.mem_used as f64 * 100.0 / h.mem_total as f64));
+        }
+        figures.push(("disk_free", h.disk_free as f64));
+        if let Some(t) = h.temp_c {
+            figures.push(("temp_c", t));
+        }
+        figures.push(("spool_depth", h.spool_depth as f64));
+        figures.push(("spool_dropped", h.spool_dropped as f64));
+    }
+    crate::live::HealthFigures {
+        device_id: device_id.to_string(),
+        figures,
+    }
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
@@ -371,9 +392,11 @@ impl Ingest {
                     },
                 )));
         }
-        for (device_id, _) in health {
+        for (device_id, report) in health {
             self.live
-                .send(crate::live::Change::Health(device_id.as_str().into()));
+                .send(crate::live::Change::Health(std::sync::Arc::new(
+                    health_figures(device_id, report),
+                )));
         }
     }
 

@@ -112,7 +112,7 @@ pub async fn run(
     loop {
         tick.tick().await;
         match mark_silent_offline(&store, offline_after, now_ms()).await {
-            Ok(ids) => ids.iter().for_each(|id| live.device(id)),
+            Ok(ids) => ids.iter().for_each(|id| live.presence(id, false)),
             Err(e) => tracing::warn!(error = %e, "cannot update device presence"),
         }
         if passes.is_multiple_of(60) {

@@ -2,6 +2,7 @@
 //! described by `#[utoipa::path]` and registered through utoipa-actix-web, so
 //! the OpenAPI document is generated from the very routes that are served.
 
+mod alerts;
 mod audit;
 mod bundles;
 mod devices;
@@ -10,6 +11,7 @@ mod keys;
 mod rollouts;
 mod telemetry;
 mod webhooks;
+pub use self::alerts::AlertQuery;
 pub use self::audit::AuditQuery;
 pub(crate) use self::bundles::{check_declared_length, file_response};
 pub use self::devices::DeviceQuery;
@@ -81,6 +83,7 @@ pub fn scope() -> Scope<
         .configure(bundles::routes)
         .configure(rollouts::routes)
         .configure(webhooks::routes)
+        .configure(alerts::routes)
         .default_service(web::to(api_not_found))
 }
 

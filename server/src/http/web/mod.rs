@@ -4,6 +4,7 @@
 
 mod account;
 mod admin;
+mod alerts;
 mod bundles;
 mod devices;
 mod enrollment;
@@ -22,6 +23,7 @@ use crate::users::Role;
 /// Registers every dashboard route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     account::routes(cfg);
+    alerts::routes(cfg);
     admin::routes(cfg);
     bundles::routes(cfg);
     rollouts::routes(cfg);
@@ -47,6 +49,8 @@ pub struct Nav {
     pub css_tag: String,
     /// Cache-busting tag of the scripts.
     pub js_tag: String,
+    /// Alerts firing now.
+    pub firing_alerts: i64,
 }
 
 impl Nav {
@@ -59,6 +63,7 @@ impl Nav {
             active,
             css_tag: super::assets::etag("drover.css").unwrap_or_default(),
             js_tag: super::assets::etag("drover.js").unwrap_or_default(),
+            firing_alerts: who.firing_alerts,
         }
     }
 

@@ -1,5 +1,4 @@
-//! The fleet sections. Until a capability lands its page says what it will
-//! hold and what to do first, rather than showing an empty table.
+//! The fleet overview: the first page after signing in (see `crate::fleet`).
 
 use actix_web::{HttpResponse, get, web};
 use askama::Template;
@@ -11,7 +10,7 @@ use crate::http::auth::WebUser;
 use crate::store::now_ms;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(overview).service(alerts);
+    cfg.service(overview);
 }
 
 #[derive(Template)]
@@ -39,39 +38,4 @@ async fn overview(state: web::Data<AppState>, who: WebUser) -> Result<HttpRespon
         o: crate::fleet::overview(&state.store, now_ms()).await?,
         backend: state.store.backend(),
     })
-}
-
-#[derive(Template)]
-#[template(path = "section.html")]
-struct SectionPage {
-    nav: Nav,
-    title: &'static str,
-    empty_title: &'static str,
-    empty_text: &'static str,
-}
-
-fn section(
-    who: &WebUser,
-    key: &'static str,
-    title: &'static str,
-    empty_title: &'static str,
-    empty_text: &'static str,
-) -> Result<HttpResponse, WebError> {
-    html(&SectionPage {
-        nav: Nav::new(who, key),
-        title,
-        empty_title,
-        empty_text,
-    })
-}
-
-#[get("/alerts")]
-async fn alerts(who: WebUser) -> Result<HttpResponse, WebError> {
-    section(
-        &who,
-        "alerts",
-        "Alerts",
-        "Nothing is firing",
-        "Alert rules watch device telemetry and health and fire when a condition holds for a while.",
-    )
 }

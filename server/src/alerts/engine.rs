@@ -1,0 +1,393 @@
+//! Evaluates alert rules as changes are stored. The engine listens to the
+//! live hub (readings with their values, health figures, presence) rather
+//! than sitting in ingest's path, so a slow evaluation never holds up
+//! storing readings. A reading costs a hash lookup when no rule watches its
+//! metric, and touches the store only when a condition starts or stops
+//! holding or an alert fires or resolves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{HEARTBEAT_MISSING, Rule};
+use crate::error::Result;
+use crate::live::{Change, Live};
+use crate::on_store;
+use crate::store::{Store, now_ms};
+
+/// How often conditions that have held long enough fire without a new reading.
+const SWEEP: Duration = Duration::from_secs(2);
+
+/// How long a device's type, status and tags are trusted without a change note.
+const META_TTL_MS: i64 = 60_000;
+
+/// A condition holding on one device for one rule.
+#[derive(Debug, Clone)]
+struct Holding {
+    since: i64,
+    value: f64,
+    alert_id: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct DeviceMeta {
+    accepted: bool,
+    device_type: String,
+    tags: BTreeMap<String, String>,
+    fetched_at: i64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Rules by the metric they watch.
+    rules: HashMap<String, Vec<Arc<Rule>>>,
+    /// Rules by id.
+    by_id: HashMap<String, Arc<Rule>>,
+    /// (rule id, device id) → the condition holding.
+    holding: HashMap<(String, String), Holding>,
+    devices: HashMap<String, DeviceMeta>,
+}
+
+/// The alert engine of one server.
+pub struct Engine {
+    store: Store,
+    live: Live,
+    inner: Mutex<Inner>,
+    firing: AtomicI64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("alerts::Engine").finish_non_exhaustive()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct HoldingRow {
+    rule_id: String,
+    device_id: String,
+    since: i64,
+    value: f64,
+    alert_id: Option<i64>,
+}
+
+impl Engine {
+    /// Loads rules and holding conditions and starts listening; a firing
+    /// alert from before a restart stays firing and is not fired again.
+    pub async fn start(
+        store: Store,
+        live: Live,
+    ) -> Result<(Arc<Engine>, Vec<tokio::task::JoinHandle<()>>)> {
+        let engine = Arc::new(Engine {
+            store,
+            live: live.clone(),
+            inner: Mutex::new(Inner::default()),
+            firing: AtomicI64::new(0),
+        });
+        engine.reload().await?;
+        let changes = live.subscribe();
+        let listen = tokio::spawn(engine.clone().listen(changes));
+        let sweep = tokio::spawn(engine.clone().sweep());
+        Ok((engine, vec![listen, sweep]))
+    }
+
+    /// Alerts firing now (for the navigation).
+    pub fn firing(&self) -> i64 {
+        self.firing.load(Ordering::Relaxed)
+    }
+
+    /// Reads rules and holding conditions again (after a rule changed).
+    pub async fn reload(&self) -> Result<()> {
+        let rules = super::rules(&self.store).await?;
+        let rows: Vec<HoldingRow> = on_store!(&self.store, pool => sqlx::query_as(
+            "SELECT rule_id, device_id, since, value, alert_id FROM alert_states").fetch_all(pool).await)?;
+        let mut inner = self.inner.lock().await;
+        inner.rules.clear();
+        inner.by_id.clear();
+        for r in rules {
+            let r = Arc::new(r);
+            inner
+                .rules
+                .entry(r.metric.clone())
+                .or_default()
+                .push(r.clone());
+            inner.by_id.insert(r.id.clone(), r);
+        }
+        inner.holding = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.rule_id, r.device_id),
+                    Holding {
+                        since: r.since,
+                        value: r.value,
+                        alert_id: r.alert_id,
+                    },
+                )
+            })
+            .collect();
+        drop(inner);
+        self.recount().await;
+        Ok(())
+    }
+
+    async fn recount(&self) {
+        match super::firing_count(&self.store).await {
+            Ok(n) => {
+                self.firing.store(n, Ordering::Relaxed);
+                self.live.set_firing(n);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count firing alerts"),
+        }
+    }
+
+    async fn listen(self: Arc<Self>, mut changes: tokio::sync::broadcast::Receiver<Change>) {
+        loop {
+            let change = match changes.recv().await {
+                Ok(c) => c,
+                Err(RecvError::Lagged(n)) => {
+                    // The next reading of each metric judges again; only a short
+                    // condition may be missed, and it is logged.
+                    tracing::warn!(missed = n, "alert evaluation fell behind; skipped changes");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let now = now_ms();
+            let result = match change {
+                Change::Readings(r) => {
+                    let mut result = Ok(());
+                    for (metric, ts, value) in &r.points {
+                        result = result.and(self.observe(&r.device_id, metric, *ts, *value).await);
+                    }
+                    result
+                }
+                Change::Health(h) => {
+                    let mut result = Ok(());
+                    for (figure, value) in &h.figures {
+                        let metric = format!("health.{figure}");
+                        result = result.and(self.observe(&h.device_id, &metric, now, *value).await);
+                    }
+                    result
+                }
+                Change::Presence(id, online) => {
+                    let value = if online { 0.0 } else { 1.0 };
+                    self.observe(&id, HEARTBEAT_MISSING, now, value).await
+                }
+                Change::Device(id) => {
+                    // Its type, tags or status may have changed.
+                    self.inner.lock().await.devices.remove(&*id);
+                    Ok(())
+                }
+                Change::Alert(_) | Change::Rollout(_) => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "alert evaluation failed");
+            }
+        }
+    }
+
+    /// Fires the conditions that have held for their rule's time, readings or not.
+    async fn sweep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            let mut inner = self.inner.lock().await;
+            let due: Vec<((String, String), Holding)> = inner
+                .holding
+                .iter()
+                .filter(|(_, h)| h.alert_id.is_none())
+                .filter(|((rule, _), h)| {
+                    inner
+                        .by_id
+                        .get(rule)
+                        .is_some_and(|r| now - h.since >= r.for_seconds.saturating_mul(1000))
+                })
+                .map(|(k, h)| (k.clone(), h.clone()))
+                .collect();
+            for ((rule_id, device_id), h) in due {
+                let Some(rule) = inner.by_id.get(&rule_id).cloned() else {
+                    continue;
+                };
+                if let Err(e) = self.fire(&mut inner, &rule, &device_id, &h, now).await {
+                    tracing::warn!(error = %e, "cannot fire an alert");
+                }
+            }
+        }
+    }
+
+    /// Judges one value of `metric` on a device against the rules watching it.
+    async fn observe(&self, device_id: &str, metric: &str, ts: i64, value: f64) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let Some(rules) = inner.rules.get(metric).cloned() else {
+            return Ok(());
+        };
+        let Some(meta) = self.meta(&mut inner, device_id).await? else {
+            return Ok(());
+        };
+        if !meta.accepted {
+            return Ok(());
+        }
+        for rule in rules {
+            if !rule.scope.covers(&meta.device_type, &meta.tags) {
+                continue;
+            }
+            let holds = rule.condition.op.holds(value, rule.condition.value);
+            self.step(&mut inner, &rule, device_id, ts, value, holds)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn meta(&self, inner: &mut Inner, device_id: &str) -> Result<Option<DeviceMeta>> {
+        let now = now_ms();
+        if let Some(m) = inner.devices.get(device_id)
+            && now - m.fetched_at < META_TTL_MS
+        {
+            return Ok(Some(m.clone()));
+        }
+        let Some(d) = crate::identity::devices::get(&self.store, device_id).await? else {
+            return Ok(None);
+        };
+        let tags = crate::identity::devices::tags(&self.store, device_id).await?;
+        let meta = DeviceMeta {
+            accepted: d.status() == crate::identity::devices::Status::Accepted,
+            device_type: d.device_type,
+            tags: tags.0,
+            fetched_at: now,
+        };
+        inner.devices.insert(device_id.to_string(), meta.clone());
+        Ok(Some(meta))
+    }
+
+    async fn step(
+        &self,
+        inner: &mut Inner,
+        rule: &Rule,
+        device_id: &str,
+        ts: i64,
+        value: f64,
+        holds: bool,
+    ) -> Result<()> {
+        let key = (rule.id.clone(), device_id.to_string());
+        match (holds, inner.holding.get(&key).cloned()) {
+            (true, None) => {
+                let h = Holding {
+                    since: ts,
+                    value,
+                    alert_id: None,
+                };
+                on_store!(&self.store, pool => sqlx::query(
+                    "INSERT INTO alert_states (rule_id, device_id, since, value) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (rule_id, device_id) DO UPDATE SET since = excluded.since, value = excluded.value, alert_id = NULL")
+                    .bind(&rule.id).bind(device_id).bind(ts).bind(value).execute(pool).await.map(|_| ()))?;
+                inner.holding.insert(key, h.clone());
+                if rule.for_seconds == 0 {
+                    self.fire(inner, rule, device_id, &h, ts).await?;
+                }
+            }
+            (true, Some(mut h)) => {
+                h.value = value;
+                let due = ts - h.since >= rule.for_seconds.saturating_mul(1000);
+                if h.alert_id.is_none() && due {
+                    self.fire(inner, rule, device_id, &h, ts).await?;
+                } else {
+                    inner.holding.insert(key, h);
+                }
+            }
+            (false, Some(h)) => {
+                self.clear(rule, device_id, &h, value).await?;
+                inner.holding.remove(&key);
+            }
+            (false, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Records the alert, its device event and its webhook deliveries.
+    async fn fire(
+        &self,
+        inner: &mut Inner,
+        rule: &Rule,
+        device_id: &str,
+        h: &Holding,
+        now: i64,
+    ) -> Result<()> {
+        let condition = rule.describe();
+        let detail = crate::telemetry::events::clip(&format!(
+            "{} ({}): {} — value {}",
+            rule.name,
+            rule.severity.as_str(),
+            condition,
+            crate::telemetry::views::format_value(h.value)
+        ));
+        let alert_id: i64 = on_store!(&self.store, pool => {
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO alerts (rule_id, rule_name, device_id, metric, severity, condition, value, state, started_at, fired_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'firing', $8, $9) RETURNING id")
+                .bind(&rule.id).bind(&rule.name).bind(device_id).bind(&rule.metric).bind(rule.severity.as_str())
+                .bind(&condition).bind(h.value).bind(h.since).bind(now)
+                .fetch_one(&mut *tx).await?;
+            sqlx::query("UPDATE alert_states SET alert_id = $1, value = $2 WHERE rule_id = $3 AND device_id = $4")
+                .bind(id).bind(h.value).bind(&rule.id).bind(device_id).execute(&mut *tx).await?;
+            sqlx::query(crate::telemetry::events::INSERT).bind(device_id).bind(now).bind("alert_firing").bind(&detail)
+                .execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(id)
+        })?;
+        inner.holding.insert(
+            (rule.id.clone(), device_id.to_string()),
+            Holding {
+                alert_id: Some(alert_id),
+                ..h.clone()
+            },
+        );
+        tracing::info!(alert_id, rule = %rule.name, device_id, "alert firing");
+        self.announce(alert_id, device_id).await;
+        Ok(())
+    }
+
+    /// The condition stopped holding: resolves its alert if it fired.
+    async fn clear(&self, rule: &Rule, device_id: &str, h: &Holding, value: f64) -> Result<()> {
+        let now = now_ms();
+        let detail = crate::telemetry::events::clip(&format!(
+            "{}: {} no longer holds — value {}",
+            rule.name,
+            rule.describe(),
+            crate::telemetry::views::format_value(value)
+        ));
+        on_store!(&self.store, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM alert_states WHERE rule_id = $1 AND device_id = $2")
+                .bind(&rule.id).bind(device_id).execute(&mut *tx).await?;
+            if let Some(id) = h.alert_id {
+                sqlx::query("UPDATE alerts SET state = 'resolved', resolved_at = $1 WHERE id = $2 AND state = 'firing'")
+                    .bind(now).bind(id).execute(&mut *tx).await?;
+                sqlx::query(crate::telemetry::events::INSERT).bind(device_id).bind(now).bind("alert_resolved").bind(&detail)
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })?;
+        if let Some(id) = h.alert_id {
+            tracing::info!(alert_id = id, rule = %rule.name, device_id, "alert resolved");
+            self.announce(id, device_id).await;
+        }
+        Ok(())
+    }
+
+    /// Tells the dashboard and the webhook targets about a firing or resolution.
+    async fn announce(&self, alert_id: i64, device_id: &str) {
+        self.recount().await;
+        self.live.send(Change::Alert(device_id.into()));
+        if let Err(e) = super::notify_webhooks(&self.store, alert_id).await {
+            tracing::warn!(alert_id, error = %e, "cannot queue the alert's webhook deliveries");
+        }
+    }
+}
