@@ -140,6 +140,10 @@ struct SimulateCommand {
     /// Noise on every reading, as a share of the metric's typical value (0 to 1).
     #[arg(long, value_name = "SHARE", default_value_t = 0.03)]
     noise: f64,
+    /// How far devices' typical values differ from each other (0: every device alike, 1: the
+    /// full spread of a real fleet).
+    #[arg(long, value_name = "SHARE", default_value_t = 1.0)]
+    spread: f64,
     /// The chance that a reading is an anomaly: a hot board, a slow or an unsure model (0 to 1).
     #[arg(long, value_name = "P", default_value_t = 0.001)]
     anomaly_rate: f64,
@@ -322,6 +326,7 @@ fn simulate_options(flags: SimulateCommand, root: PathBuf) -> Result<SimulateOpt
         root,
         rate_hz: flags.rate,
         noise: flags.noise,
+        spread: flags.spread,
         anomaly_rate: flags.anomaly_rate,
         heartbeat: std::time::Duration::from_secs(flags.heartbeat),
         enroll_rate: flags.enroll_rate,

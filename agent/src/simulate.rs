@@ -157,6 +157,8 @@ pub struct SimulateOptions {
     pub rate_hz: f64,
     /// Noise, as a share of each metric's typical value.
     pub noise: f64,
+    /// How far devices' typical values differ (0 alike, 1 the full spread).
+    pub spread: f64,
     /// Chance that a reading is an anomaly.
     pub anomaly_rate: f64,
     /// Time between health reports.
@@ -181,6 +183,9 @@ impl SimulateOptions {
         }
         if !(self.noise.is_finite() && (0.0..=1.0).contains(&self.noise)) {
             return usage("--noise must be from 0 to 1 (a share of each metric's typical value)");
+        }
+        if !(self.spread.is_finite() && (0.0..=1.0).contains(&self.spread)) {
+            return usage("--spread must be from 0 to 1 (0: every device alike)");
         }
         if !(self.anomaly_rate.is_finite() && (0.0..=1.0).contains(&self.anomaly_rate)) {
             return usage("--anomaly-rate must be from 0 to 1");
@@ -433,7 +438,7 @@ impl Device {
                 .without_fsync();
         let spool = Arc::new(Mutex::new(spool));
         let shared = SharedState::default();
-        let vitals = Arc::new(Mutex::new(Vitals::new(self.index)));
+        let vitals = Arc::new(Mutex::new(Vitals::new(self.index, self.options.spread)));
         let spooled = Arc::new(Notify::new());
         let (commands_in, commands) = mpsc::channel(COMMAND_QUEUE);
         let config = AgentConfig {
@@ -575,13 +580,15 @@ struct Vitals {
 }
 
 impl Vitals {
-    fn new(index: u32) -> Vitals {
+    fn new(index: u32, spread: f64) -> Vitals {
         let mut rng = Rng::seeded(u64::from(index) ^ 0x5eed_d00d);
+        // A device's place in each range; `spread` pulls every device towards the middle.
+        let mut at = || 0.5 + spread * (rng.unit() - 0.5);
         let base = [
-            42.0 + 8.0 * rng.unit(),
-            20.0 + 25.0 * rng.unit(),
-            30.0 + 20.0 * rng.unit(),
-            0.88 + 0.08 * rng.unit(),
+            42.0 + 8.0 * at(),
+            20.0 + 25.0 * at(),
+            30.0 + 20.0 * at(),
+            0.88 + 0.08 * at(),
         ];
         Vitals {
             rng,
@@ -745,7 +752,7 @@ mod tests {
     fn readings_have_the_four_metrics_and_a_degraded_version_shifts_one() {
         let mut options = sample_options();
         options.degrade = parse_degrade("2.0.0:inference_ms=2").unwrap();
-        let mut vitals = Vitals::new(7);
+        let mut vitals = Vitals::new(7, 1.0);
         let plain = vitals.reading(&options, &BTreeMap::new());
         let names: Vec<&str> = plain.keys().map(String::as_str).collect();
         assert_eq!(names, ["confidence", "cpu_pct", "inference_ms", "temp_c"]);
@@ -767,7 +774,7 @@ mod tests {
 
         let mut options = sample_options();
         options.anomaly_rate = 0.0;
-        let mut vitals = Vitals::new(3);
+        let mut vitals = Vitals::new(3, 1.0);
         let quiet = vitals.reading(&options, &BTreeMap::new());
         assert_eq!(
             quiet,
@@ -804,6 +811,7 @@ mod tests {
             root: PathBuf::from("/tmp"),
             rate_hz: 1.0,
             noise: 0.0,
+            spread: 1.0,
             anomaly_rate: 0.0,
             heartbeat: Duration::from_secs(30),
             enroll_rate: 10.0,
@@ -817,10 +825,11 @@ mod tests {
         let good = sample_options();
         assert!(good.validate().is_ok());
         type Spoil = fn(&mut SimulateOptions);
-        let cases: [(Spoil, &str); 5] = [
+        let cases: [(Spoil, &str); 6] = [
             (|o| o.devices = 0, "--devices"),
             (|o| o.rate_hz = 0.0, "--rate"),
             (|o| o.noise = f64::NAN, "--noise"),
+            (|o| o.spread = 1.5, "--spread"),
             (|o| o.anomaly_rate = 2.0, "--anomaly-rate"),
             (|o| o.heartbeat = Duration::ZERO, "--heartbeat"),
         ];

@@ -16,6 +16,7 @@ mod cli;
 mod dashboard;
 mod device_page;
 mod escaping;
+mod gates;
 mod identity;
 mod keys;
 mod live;

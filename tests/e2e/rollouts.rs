@@ -16,7 +16,13 @@ use crate::simulator::{Simulator, devices};
 const DONE: Duration = Duration::from_secs(120);
 
 /// A fleet of `n` simulated rpi4 devices, all online; answers the simulator and the token.
-async fn fleet(app: &TestApp, admin: &str, n: u32, dir: &str, flags: &[&str]) -> Simulator {
+pub(crate) async fn fleet(
+    app: &TestApp,
+    admin: &str,
+    n: u32,
+    dir: &str,
+    flags: &[&str],
+) -> Simulator {
     let token = app.enrollment_token(admin, json!({"uses": n})).await;
     let token = token["token"].as_str().expect("token").to_owned();
     let root: PathBuf = app.scratch().join(dir);
@@ -33,7 +39,7 @@ async fn fleet(app: &TestApp, admin: &str, n: u32, dir: &str, flags: &[&str]) ->
 }
 
 /// A `detector` model bundle of `version` for rpi4.
-async fn model(app: &TestApp, admin: &str, version: &str) -> String {
+pub(crate) async fn model(app: &TestApp, admin: &str, version: &str) -> String {
     model_bundle(
         app,
         admin,
@@ -43,7 +49,7 @@ async fn model(app: &TestApp, admin: &str, version: &str) -> String {
     .await
 }
 
-async fn create(app: &TestApp, admin: &str, body: Value) -> Value {
+pub(crate) async fn create(app: &TestApp, admin: &str, body: Value) -> Value {
     let res = app.post_json(admin, "/api/v1/rollouts", &body).await;
     let status = res.status();
     let body: Value = res.json().await.expect("rollout json");
@@ -51,7 +57,7 @@ async fn create(app: &TestApp, admin: &str, body: Value) -> Value {
     body
 }
 
-async fn rollout(app: &TestApp, admin: &str, id: &str) -> Value {
+pub(crate) async fn rollout(app: &TestApp, admin: &str, id: &str) -> Value {
     app.get(admin, &format!("/api/v1/rollouts/{id}"))
         .await
         .json()
@@ -60,7 +66,7 @@ async fn rollout(app: &TestApp, admin: &str, id: &str) -> Value {
 }
 
 /// Waits until the rollout is in `state`; answers it.
-async fn until_state(app: &TestApp, admin: &str, id: &str, state: &str) -> Value {
+pub(crate) async fn until_state(app: &TestApp, admin: &str, id: &str, state: &str) -> Value {
     let deadline = tokio::time::Instant::now() + DONE;
     loop {
         let r = rollout(app, admin, id).await;
@@ -88,7 +94,7 @@ async fn act(app: &TestApp, admin: &str, id: &str, action: &str) -> Value {
     .expect("rollout json")
 }
 
-async fn members(app: &TestApp, admin: &str, id: &str) -> Vec<Value> {
+pub(crate) async fn members(app: &TestApp, admin: &str, id: &str) -> Vec<Value> {
     let list: Value = app
         .get(
             admin,
@@ -101,7 +107,7 @@ async fn members(app: &TestApp, admin: &str, id: &str) -> Vec<Value> {
     list["items"].as_array().expect("items").clone()
 }
 
-async fn event_kinds(app: &TestApp, admin: &str, id: &str) -> Vec<String> {
+pub(crate) async fn event_kinds(app: &TestApp, admin: &str, id: &str) -> Vec<String> {
     let list: Value = app
         .get(admin, &format!("/api/v1/rollouts/{id}/events"))
         .await
@@ -140,7 +146,7 @@ async fn offers(app: &TestApp, rollout: &str) -> (i64, i64) {
     )
 }
 
-fn in_phase(list: &[Value], phase: i64) -> Vec<&Value> {
+pub(crate) fn in_phase(list: &[Value], phase: i64) -> Vec<&Value> {
     list.iter().filter(|d| d["phase"] == phase).collect()
 }
 

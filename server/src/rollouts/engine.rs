@@ -337,7 +337,18 @@ async fn drive(store: &Store, mqtt: &MqttLink, mut r: Rollout, epoch: i64) -> Re
             offline_timeout_ms: r.offline_timeout_s.saturating_mul(1000),
             window_open: window.as_ref().is_none_or(|w| w.is_open(now)),
         };
-        let step = plan::next_step(&progress, &members, now);
+        let step = match plan::next_step(&progress, &members, now) {
+            // A soak that ended is judged by the rollout's gates before the phase may end.
+            step @ (Step::Advance | Step::Complete) => {
+                match judge_gates(store, &r, epoch, now).await? {
+                    Gates::Proceed => step,
+                    Gates::Halt(reason) => Step::Halt { reason },
+                    Gates::Held => return Ok(true),
+                    Gates::Lost => return Ok(false),
+                }
+            }
+            step => step,
+        };
         let applied = apply(store, mqtt, &r, epoch, &step, now).await?;
         if !applied {
             return Ok(false);
@@ -353,6 +364,89 @@ async fn drive(store: &Store, mqtt: &MqttLink, mut r: Rollout, epoch: i64) -> Re
         }
     }
     Ok(true)
+}
+
+/// What the gates let a phase whose soak ended do.
+enum Gates {
+    /// End the phase (no gates, or every gate passed).
+    Proceed,
+    /// A gate failed, or too few samples for too long.
+    Halt(String),
+    /// Too few samples: the soak was extended.
+    Held,
+    /// Another leader took over.
+    Lost,
+}
+
+/// Judges the gates of `r` at the end of its current phase's soak, recording the verdicts.
+async fn judge_gates(store: &Store, r: &Rollout, epoch: i64, now: i64) -> Result<Gates> {
+    let gates = r.gate_list()?;
+    if gates.is_empty() {
+        return Ok(Gates::Proceed);
+    }
+    let phase_no = r.phase + 1;
+    let lines = |v: &[super::gates::Verdict]| {
+        v.iter()
+            .map(super::gates::Verdict::describe)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match super::gates::evaluate(store, r, &gates, now).await? {
+        super::gates::Outcome::Pass(v) => {
+            super::gates::record(store, &r.id, &v, now).await?;
+            record_event(
+                store,
+                &r.id,
+                "gates_passed",
+                &format!("phase {phase_no}: {}", lines(&v)),
+            )
+            .await?;
+            Ok(Gates::Proceed)
+        }
+        super::gates::Outcome::Fail(reason, v) => {
+            super::gates::record(store, &r.id, &v, now).await?;
+            Ok(Gates::Halt(format!("phase {phase_no} failed its {reason}")))
+        }
+        super::gates::Outcome::Hold(v) => {
+            super::gates::record(store, &r.id, &v, now).await?;
+            if r.gate_holds >= super::gates::MAX_HOLDS {
+                return Ok(Gates::Halt(format!(
+                    "phase {phase_no}: too few samples for its gates after {} more soaks: {}",
+                    r.gate_holds,
+                    lines(&v)
+                )));
+            }
+            let soak_ms = r
+                .phase_specs()?
+                .get(usize::try_from(r.phase).unwrap_or(0))
+                .map_or(0, |p| i64::try_from(p.soak_seconds).unwrap_or(0))
+                .saturating_mul(1000);
+            let until = now.saturating_add(soak_ms);
+            on_store!(store, pool => {
+                let mut tx = pool.begin().await?;
+                if !fenced!(tx, epoch)? {
+                    return Ok(Gates::Lost);
+                }
+                sqlx::query("UPDATE rollouts SET soak_until = $1, gate_holds = gate_holds + 1, updated_at = $2 WHERE id = $3 AND state = 'running' AND phase = $4")
+                    .bind(until).bind(now).bind(&r.id).bind(r.phase).execute(&mut *tx).await?;
+                tx.commit().await
+            })?;
+            record_event(
+                store,
+                &r.id,
+                "gate_held",
+                &format!(
+                    "phase {phase_no}: too few samples, soaking again until {} (hold {} of {}): {}",
+                    crate::timefmt::rfc3339(until),
+                    r.gate_holds + 1,
+                    super::gates::MAX_HOLDS,
+                    lines(&v)
+                ),
+            )
+            .await?;
+            Ok(Gates::Held)
+        }
+    }
 }
 
 /// Writes one step; false when the fence says another leader took over.
@@ -492,7 +586,7 @@ async fn apply(
                 if !fenced!(tx, epoch)? {
                     return Ok(false);
                 }
-                let n = sqlx::query("UPDATE rollouts SET phase = phase + 1, phase_started_at = $1, soak_until = NULL, updated_at = $1 WHERE id = $2 AND state = 'running' AND phase = $3")
+                let n = sqlx::query("UPDATE rollouts SET phase = phase + 1, phase_started_at = $1, soak_until = NULL, gate_holds = 0, updated_at = $1 WHERE id = $2 AND state = 'running' AND phase = $3")
                     .bind(now).bind(&r.id).bind(r.phase).execute(&mut *tx).await?.rows_affected();
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(n == 1)

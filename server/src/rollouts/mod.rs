@@ -4,6 +4,7 @@
 //! the operator's controls; [`plan`] decides, [`engine`] drives.
 
 pub mod engine;
+pub mod gates;
 pub mod plan;
 pub mod window;
 
@@ -79,8 +80,9 @@ pub struct NewRollout {
     /// When to start (RFC 3339); now when absent.
     #[serde(default)]
     pub start_at: Option<String>,
-    /// Gates on fleet metrics (accepted and stored; judged by the model-health issue).
+    /// Metric gates judged at the end of each phase's soak (see `gates`).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<gates::Gate>>)]
     pub gates: Option<serde_json::Value>,
 }
 
@@ -189,11 +191,23 @@ pub struct Rollout {
     pub updated_at: i64,
     /// When it finished (ms).
     pub finished_at: Option<i64>,
+    /// Metric gates, JSON (absent: none).
+    pub gates: Option<String>,
+    /// Times the current phase was held for too few samples.
+    pub gate_holds: i64,
 }
 
-const COLUMNS: &str = "id, name, bundle_id, bundle_name, bundle_version, target, phases, failure_threshold_pct, max_in_flight, auto_rollback, maintenance_window, offline_timeout_s, start_at, state, phase, phase_started_at, soak_until, reason, created_by, created_at, updated_at, finished_at";
+const COLUMNS: &str = "id, name, bundle_id, bundle_name, bundle_version, target, phases, failure_threshold_pct, max_in_flight, auto_rollback, maintenance_window, offline_timeout_s, start_at, state, phase, phase_started_at, soak_until, reason, created_by, created_at, updated_at, finished_at, gates, gate_holds";
 
 impl Rollout {
+    /// The parsed gates (none when absent).
+    pub fn gate_list(&self) -> Result<Vec<gates::Gate>> {
+        self.gates.as_deref().map_or(Ok(Vec::new()), |g| {
+            serde_json::from_str(g)
+                .map_err(|e| Error::Internal(format!("rollout {}: stored gates: {e}", self.id)))
+        })
+    }
+
     /// The parsed state.
     pub fn state(&self) -> Result<State> {
         State::parse(&self.state).ok_or_else(|| {
@@ -526,6 +540,7 @@ async fn known_bundle(store: &Store, bundle_id: &str) -> Result<Bundle> {
 /// later, when the engine takes the snapshot at that time.
 pub async fn create(store: &Store, new: &NewRollout, created_by: &str) -> Result<Rollout> {
     validate(new)?;
+    let gates = gates::parse(new.gates.as_ref(), &new.phases)?;
     let bundle = known_bundle(store, &new.bundle_id).await?;
     let now = now_ms();
     if bundle.expires_at <= now {
@@ -615,6 +630,8 @@ pub async fn create(store: &Store, new: &NewRollout, created_by: &str) -> Result
         created_at: now,
         updated_at: now,
         finished_at: None,
+        gates: (!gates.is_empty()).then(|| json(&gates)),
+        gate_holds: 0,
     };
     insert(store, &row, start_now.then_some(&snapshot.rows)).await?;
     let detail = if start_now {
@@ -642,7 +659,7 @@ async fn insert(
     snapshot: Option<&Vec<(String, usize, &'static str, String)>>,
 ) -> Result<()> {
     let sql = format!(
-        "INSERT INTO rollouts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        "INSERT INTO rollouts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
     );
     let sql = sqlx::AssertSqlSafe(sql);
     on_store!(store, pool => {
@@ -653,6 +670,7 @@ async fn insert(
             .bind(r.auto_rollback).bind(&r.maintenance_window).bind(r.offline_timeout_s).bind(r.start_at)
             .bind(&r.state).bind(r.phase).bind(r.phase_started_at).bind(r.soak_until).bind(&r.reason)
             .bind(&r.created_by).bind(r.created_at).bind(r.updated_at).bind(r.finished_at)
+            .bind(&r.gates).bind(r.gate_holds)
             .execute(&mut *tx).await?;
         if let Some(rows) = snapshot {
             insert_snapshot!(tx, &r.id, rows);
@@ -1092,12 +1110,18 @@ pub struct RolloutView {
     pub updated_at: String,
     /// When it finished.
     pub finished_at: Option<String>,
+    /// Metric gates.
+    pub gates: Vec<gates::Gate>,
+    /// The latest verdict of each gate in each judged phase.
+    pub gate_verdicts: Vec<gates::Verdict>,
 }
 
 /// The view of `r` with its counts.
 pub async fn view(store: &Store, r: Rollout) -> Result<RolloutView> {
     let counts = counts(store, &r.id).await?;
     Ok(RolloutView {
+        gates: r.gate_list()?,
+        gate_verdicts: gates::verdicts(store, &r.id).await?,
         phases: r.phase_specs()?,
         target: r.target()?,
         maintenance_window: r.window()?,

@@ -355,6 +355,42 @@ struct RolloutPage {
 }
 
 impl RolloutPage {
+    /// A gate's rule in words.
+    fn gate_text(&self, g: &crate::rollouts::gates::Gate) -> String {
+        let mut limits = Vec::new();
+        if let Some(m) = g.max_increase_pct {
+            limits.push(format!("rises by more than {m}%"));
+        }
+        if let Some(m) = g.max_decrease_pct {
+            limits.push(format!("falls by more than {m}%"));
+        }
+        format!(
+            "{}: halts when it {} (at least {} readings a side)",
+            match g.stat {
+                crate::rollouts::gates::Stat::Mean => "mean",
+                crate::rollouts::gates::Stat::P95 => "p95",
+            },
+            limits.join(" or "),
+            g.min_samples
+        )
+    }
+
+    fn num(&self, v: &Option<f64>) -> String {
+        v.map_or("n/a".into(), |x| format!("{x:.3}"))
+    }
+
+    fn pct(&self, v: &Option<f64>) -> String {
+        v.map_or("n/a".into(), |x| format!("{x:+.1}%"))
+    }
+
+    fn verdict_class(&self, outcome: &str) -> &'static str {
+        match outcome {
+            "pass" => "succeeded",
+            "fail" => "failed",
+            _ => "paused",
+        }
+    }
+
     /// Devices done with the rollout, and in its target.
     fn progress(&self) -> (i64, i64) {
         (
