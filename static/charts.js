@@ -6,6 +6,11 @@
 // bucket (mean, min, max) on a chart of buckets, on every range; the window
 // slides forward and drops what falls out of it. A metric not charted yet,
 // or an hour grown too busy to draw point by point, loads the range again.
+// The device's alerts in the range (from the same answer) are marked on the
+// chart of their metric: a band from firing to resolving (or to the right
+// edge while firing) and a line where each fired, coloured by severity, with
+// a line of text under the chart; when a live refresh of the page's Alerts
+// section shows that an alert fired or resolved, they are fetched again.
 // Text from the server only ever goes into textContent, never into markup.
 "use strict";
 (() => {
@@ -41,6 +46,12 @@
   const muted = color("--muted", "#5b6577");
   const line = color("--line", "#dde1e7");
   const text = color("--text", "#1d2430");
+  const severities = {
+    critical: color("--bad", "#b42318"),
+    warning: color("--warn", "#9a6700"),
+    info: muted,
+  };
+  const severityOf = (a) => (Object.hasOwn(severities, a.severity) ? a.severity : "info");
   const band = /^#[0-9a-f]{6}$/i.test(accent)
     ? `rgba(${[1, 3, 5].map((i) => parseInt(accent.slice(i, i + 2), 16)).join(",")},0.14)`
     : "rgba(31,95,139,0.14)";
@@ -60,6 +71,13 @@
   let queued = []; // readings that arrived while loading
   let reloadTimer = 0;
   let drawFrame = 0;
+  // The alerts of the newest answer shown, and the number of the fetch that
+  // brought them: a load and a fetch of the alerts alone may cross.
+  let alerts = [];
+  let alertsAsked = 0;
+  let alertsShown = 0;
+  // As many text lines of alerts as a chart shows; the Alerts section lists them all.
+  const LEGEND_LINES = 5;
 
   function slide(newest) {
     const r = RANGES[range];
@@ -86,7 +104,9 @@
       caption.append(` · mean of ${bucketCaption(s.step)} buckets, with min and max`);
     }
     const plot = document.createElement("div");
-    figure.append(caption, plot);
+    const legend = document.createElement("div");
+    legend.dataset.chartAlerts = "";
+    figure.append(caption, plot, legend);
     root.append(figure);
 
     const lines = [{}, { label: rolled ? "mean" : "value", stroke: accent, width: 2, points: { show: !rolled } }];
@@ -97,6 +117,8 @@
     const c = {
       figure,
       plot,
+      legend,
+      alerts: [],
       step: rolled ? s.step * 1000 : 0,
       ts: s.ts.slice(),
       value: s.value.slice(),
@@ -113,9 +135,95 @@
       axes: [axis, axis],
       series: lines,
       bands: rolled ? [{ series: [3, 2], fill: band }] : [],
+      hooks: { draw: [(u) => markAlerts(u, c)] },
     }, columns(c), plot);
     figure.dataset.points = String(c.ts.length);
     charts.set(s.metric, c);
+    showAlerts(c, s.metric);
+  }
+
+  // Keeps the alerts a chart can show: well-formed, and on a metric of
+  // readings (health figures and heartbeats have no chart here).
+  function usableAlerts(list) {
+    if (!Array.isArray(list)) return [];
+    return list.filter((a) =>
+      a && typeof a.metric === "string" && typeof a.rule_name === "string"
+      && !a.metric.startsWith("health.") && a.metric !== "heartbeat_missing"
+      && Number.isFinite(a.fired_at) && (a.resolved_at == null || Number.isFinite(a.resolved_at)));
+  }
+
+  const clockFormat = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+  // "14:05" today, "Mar 3, 14:05" on another day (the week's charts).
+  function clock(ms) {
+    const d = new Date(ms);
+    if (d.toDateString() === new Date().toDateString()) return d.toLocaleTimeString([], clockFormat);
+    return d.toLocaleString([], { month: "short", day: "numeric", ...clockFormat });
+  }
+
+  // Gives chart `c` of `metric` its alerts: the count, the text lines under
+  // it, and the marks drawn by markAlerts.
+  function showAlerts(c, metric) {
+    c.alerts = alerts.filter((a) => a.metric === metric);
+    c.figure.dataset.alerts = String(c.alerts.length);
+    const lines = c.alerts.slice(0, LEGEND_LINES).map((a) => {
+      const p = document.createElement("p");
+      p.className = `chart-alert severity-${severityOf(a)}`;
+      const end = a.resolved_at == null ? "firing" : `resolved ${clock(a.resolved_at)}`;
+      p.textContent = `alert: ${a.rule_name} (${severityOf(a)}) fired ${clock(a.fired_at)}, ${end}`;
+      return p;
+    });
+    if (c.alerts.length > LEGEND_LINES) {
+      const more = document.createElement("p");
+      more.className = "muted";
+      more.textContent = `and ${c.alerts.length - LEGEND_LINES} older alerts in this range`;
+      lines.push(more);
+    }
+    c.legend.replaceChildren(...lines);
+    c.legend.hidden = lines.length === 0;
+  }
+
+  // uPlot's draw hook: over the plotted area, a translucent band while each
+  // alert fired and a line where it began firing, in its severity's colour.
+  function markAlerts(u, c) {
+    if (c.alerts.length === 0) return;
+    const { ctx, bbox } = u;
+    const left = bbox.left;
+    const right = bbox.left + bbox.width;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(bbox.left, bbox.top, bbox.width, bbox.height);
+    ctx.clip();
+    for (const a of c.alerts) {
+      const paint = severities[severityOf(a)];
+      const start = u.valToPos(a.fired_at / 1000, "x", true);
+      const end = a.resolved_at == null ? right : u.valToPos(a.resolved_at / 1000, "x", true);
+      const x0 = Math.max(start, left);
+      const x1 = Math.min(end, right);
+      if (x1 > x0) {
+        ctx.globalAlpha = 0.14;
+        ctx.fillStyle = paint;
+        ctx.fillRect(x0, bbox.top, x1 - x0, bbox.height);
+      }
+      if (start >= left && start <= right) {
+        ctx.globalAlpha = 1;
+        ctx.strokeStyle = paint;
+        ctx.lineWidth = Math.max(1, Math.round(window.devicePixelRatio || 1));
+        ctx.beginPath();
+        ctx.moveTo(start, bbox.top);
+        ctx.lineTo(start, bbox.top + bbox.height);
+        ctx.stroke();
+      }
+    }
+    ctx.restore();
+  }
+
+  // Takes the alerts of the answer to fetch number `n`, unless a later
+  // fetch's are shown already.
+  function takeAlerts(list, n) {
+    if (n < alertsShown) return false;
+    alertsShown = n;
+    alerts = usableAlerts(list);
+    return true;
   }
 
   function columns(c) {
@@ -133,7 +241,8 @@
     for (const el of root.querySelectorAll("[data-charts-more]")) el.remove();
   }
 
-  function draw(data) {
+  function draw(data, n) {
+    takeAlerts(data.alerts, n);
     clear();
     clockOffset = data.to - Date.now();
     from = data.from;
@@ -154,28 +263,34 @@
     }
   }
 
+  // The series and alerts of the range shown, as the server answers them.
+  async function fetchSeries() {
+    const url = new URL(root.dataset.series, location.href);
+    url.searchParams.set("range", range);
+    const res = await fetch(url, {
+      credentials: "same-origin",
+      redirect: "manual",
+      headers: { Accept: "application/json" },
+    });
+    if (res.type === "opaqueredirect") {
+      throw new Error("Your session has ended; reload the page to sign in again.");
+    }
+    if (!res.ok) {
+      throw new Error(`The charts could not be loaded (HTTP ${res.status}); reload the page to try again.`);
+    }
+    return res.json();
+  }
+
   async function load() {
     const mine = ++loads;
+    const n = ++alertsAsked;
     loading = mine;
     root.setAttribute("aria-busy", "true");
     root.dataset.state = "loading";
-    const url = new URL(root.dataset.series, location.href);
-    url.searchParams.set("range", range);
     try {
-      const res = await fetch(url, {
-        credentials: "same-origin",
-        redirect: "manual",
-        headers: { Accept: "application/json" },
-      });
-      if (res.type === "opaqueredirect") {
-        throw new Error("Your session has ended; reload the page to sign in again.");
-      }
-      if (!res.ok) {
-        throw new Error(`The charts could not be loaded (HTTP ${res.status}); reload the page to try again.`);
-      }
-      const data = await res.json();
+      const data = await fetchSeries();
       if (mine !== loads) return; // a newer load (another range) won
-      draw(data);
+      draw(data, n);
       root.dataset.state = "ready";
     } catch (err) {
       if (mine !== loads) return;
@@ -295,6 +410,38 @@
 
   document.addEventListener("drover:readings", (event) => {
     add(Array.isArray(event.detail) ? event.detail : []);
+  });
+
+  // The Alerts section's key as the server last rendered it (live.js swaps
+  // the section on every refresh of the device's parts).
+  const alertsKey = () => document.getElementById("device-alerts")?.dataset.alertsKey ?? "";
+  let alertsSeen = alertsKey();
+
+  // Fetches the alerts again and marks them on the charts drawn, which stay
+  // as they are (their readings keep arriving live).
+  async function refreshAlerts() {
+    const n = ++alertsAsked;
+    const asked = range;
+    try {
+      const data = await fetchSeries();
+      if (asked !== range || !takeAlerts(data.alerts, n)) return;
+      for (const [metric, c] of charts) {
+        showAlerts(c, metric);
+        c.chart.redraw(false);
+      }
+    } catch (_) {
+      // Asked again on the next refresh; a load brings them anyway.
+      alertsSeen = "";
+    }
+  }
+
+  // A refresh happens on every change to the device, readings included;
+  // only a changed key (an alert fired or resolved) costs a fetch.
+  document.addEventListener("drover:refreshed", () => {
+    const key = alertsKey();
+    if (key === alertsSeen) return;
+    alertsSeen = key;
+    refreshAlerts();
   });
 
   // A quiet device's chart still moves with the clock.

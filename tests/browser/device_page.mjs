@@ -1,7 +1,8 @@
 // The dashboard in a real Chromium: sign in through the login form (changing
 // a one-time password when the server asks), then check a device's latest
 // values, installed versions and uPlot charts, readings that arrive while
-// the page is open growing its charts without a reload, the range buttons
+// the page is open growing its charts without a reload, an alert one of them
+// fires marked on its chart and listed without a reload, the range buttons
 // (by mouse and keyboard), the empty and missing cases, and the overview's
 // presence counts, with no console errors or CSP violations.
 //
@@ -11,12 +12,14 @@
 //   DROVER_USERNAME, DROVER_PASSWORD, DROVER_NEW_PASSWORD (used if the server
 //                        asks for a new password)
 //   DROVER_EXPECT        JSON: {live:{id,name,latest:{metric:value},versions:[text],charts:[metric],
-//                        health:{label:text},installed:[[name,kind,version]],fresh:metric},
+//                        health:{label:text},installed:[[name,kind,version]],fresh:metric,
+//                        alert:{rule,metric,severity}},
 //                        quiet:{id,latest:{metric:value}}, never:{id},
 //                        overview:{total,accepted,online,offline,never}}
 //   DROVER_LIVE_SIGNAL   a file this script creates once the live device's page
 //                        is drawn; the test then sends that device a reading a
-//                        second, of temp_c and of the metric live.fresh
+//                        second, of temp_c (the first firing the rule live.alert)
+//                        and, after ten seconds, also of the metric live.fresh
 //   DROVER_CHROMIUM      the browser (default /usr/bin/chromium)
 //   DROVER_BROWSER_OUT   a directory for screenshots (optional)
 // Exits 0 when every check holds; otherwise prints each failure and exits 1.
@@ -153,12 +156,12 @@ async function livePage(page, shot) {
   check((await page.textContent("#no-updates"))?.startsWith("No updates yet:"), "an empty update history says what fills it");
   await shot("device");
 
-  await liveReadings(page, live);
+  await liveReadings(page, live, shot);
   await ranges(page, live, shot);
 }
 
 // Readings sent while the page is open: new points and a new chart, no reload.
-async function liveReadings(page, live) {
+async function liveReadings(page, live, shot) {
   await page.waitForFunction(() => document.querySelector("#live-status")?.textContent === "Live")
     .catch(() => {});
   check((await page.textContent("#live-status")) === "Live", "the live badge says Live", await page.textContent("#live-status"));
@@ -169,6 +172,9 @@ async function liveReadings(page, live) {
   check(before === 30, "temp_c's chart starts with the thirty readings sent", before);
   check((await page.$$(`#charts figure.chart[data-metric="${live.fresh}"]`)).length === 0, `${live.fresh} is not charted yet`);
   // Loading the range again would draw new figures; this one must grow in place.
+  const quiet = await page.$$eval("#charts figure.chart", (fs) => fs.map((f) => f.dataset.alerts));
+  check(quiet.length > 0 && quiet.every((n) => n === "0"), "no chart marks an alert before one fires", JSON.stringify(quiet));
+  check((await page.textContent("#no-alerts"))?.startsWith("No alerts: rules are under Alerts"), "the Alerts section says none fired");
   await page.$eval('#charts figure.chart[data-metric="temp_c"]', (f) => { f.dataset.testMark = "before"; });
   writeFileSync(liveSignal, "open\n");
 
@@ -184,6 +190,7 @@ async function liveReadings(page, live) {
   })).catch(() => ({ points: -1, same: false, drawn: false }));
   check(grown.points > before, "a reading sent over MQTT becomes a new point of the open chart", `${before} → ${grown.points}`);
   check(grown.same && grown.drawn, "added to the chart drawn, not by loading the charts again", JSON.stringify(grown));
+  await liveAlert(page, live, shot);
 
   await page.waitForSelector(`#charts figure.chart[data-metric="${live.fresh}"] .uplot canvas`, { timeout: 30_000 })
     .catch(() => {});
@@ -199,6 +206,57 @@ async function liveReadings(page, live) {
   const latest = await page.$$eval("#latest tbody td code", (cs) => cs.map((c) => c.textContent));
   check(latest.includes(live.fresh), "the latest values follow without a reload", JSON.stringify(latest));
   check(await page.evaluate(() => window.__droverNoReload === true), "all of it without a reload");
+}
+
+// How many pixels of each chart's canvas are painted strongly red (the
+// colours of a critical alert: --bad in the light and the dark theme).
+function reddened(page) {
+  return page.$$eval("#charts figure.chart", (figs) => Object.fromEntries(figs.map((f) => {
+    const canvas = f.querySelector(".uplot canvas");
+    let red = 0;
+    if (canvas) {
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      for (let i = 0; i < data.length; i += 4) {
+        if (data[i + 3] > 0 && data[i] - data[i + 1] > 60 && data[i] - data[i + 2] > 60) red += 1;
+      }
+    }
+    return [f.dataset.metric, red];
+  })));
+}
+
+// The first live reading fires the rule live.alert: the open page marks it on
+// its metric's chart (the same chart, drawn again) and lists it, no reload.
+async function liveAlert(page, live, shot) {
+  const want = live.alert;
+  const figure = `#charts figure.chart[data-metric="${want.metric}"]`;
+  await page.waitForFunction((sel) => document.querySelector(sel)?.dataset.alerts === "1", figure, { timeout: 30_000 })
+    .catch(() => {});
+  const marked = await page.$eval(figure, (f) => ({
+    alerts: f.dataset.alerts,
+    same: f.dataset.testMark === "before",
+    legend: Array.from(f.querySelectorAll("[data-chart-alerts] p"), (p) => p.textContent),
+  })).catch(() => ({ alerts: "", same: false, legend: [] }));
+  check(marked.alerts === "1", `the ${want.metric} chart marks the alert that fired while it was open`, JSON.stringify(marked));
+  check(marked.same, "on the chart drawn, not by loading the charts again", JSON.stringify(marked));
+  check(marked.legend.length === 1 && marked.legend[0].startsWith(`alert: ${want.rule} (${want.severity}) fired `)
+    && marked.legend[0].endsWith(", firing"), "a line under the chart names it, as text", JSON.stringify(marked.legend));
+  const others = await page.$$eval(`#charts figure.chart:not([data-metric="${want.metric}"])`, (fs) => fs.map((f) => f.dataset.alerts));
+  check(others.length > 0 && others.every((n) => n === "0"), "other metrics' charts mark nothing", JSON.stringify(others));
+  const red = await reddened(page);
+  // At least the line where it fired: the band to the right edge is a few
+  // seconds, a pixel or two wide, on the hour's chart.
+  check(red[want.metric] > 50, `the ${want.metric} chart paints it in the critical colour`, JSON.stringify(red));
+  check(Object.entries(red).every(([m, n]) => m === want.metric || n === 0), "and no other chart does", JSON.stringify(red));
+
+  await page.waitForSelector("#device-alert-list tbody tr", { timeout: 15_000 }).catch(() => {});
+  const rows = await page.$$eval("#device-alert-list tbody tr", (trs) =>
+    trs.map((tr) => Array.from(tr.querySelectorAll("td"), (td) => td.textContent.trim())));
+  check(rows.length === 1 && rows[0][0] === want.rule && rows[0][1] === want.severity && rows[0][5] === "firing",
+    "the Alerts section lists it, firing", JSON.stringify(rows));
+  check((await page.$$("#device-alerts img, #device-alerts script, [data-chart-alerts] img")).length === 0,
+    "markup in the rule's name stays text");
+  check(await page.evaluate(() => window.__droverNoReload === true), "the alert shows without a reload");
+  await shot("device-alert");
 }
 
 function pressed(page) {
@@ -252,6 +310,9 @@ async function ranges(page, live, shot) {
   check(same(await pressed(page), ["1h"]), "Enter on 1 h presses it again", JSON.stringify(await pressed(page)));
   const hour = await captions(page);
   check(hour.some((c) => c === "temp_c"), "the hour charts single readings again", JSON.stringify(hour));
+  const marks = await page.$eval(`#charts figure.chart[data-metric="${live.alert.metric}"]`, (f) => f.dataset.alerts)
+    .catch(() => "");
+  check(marks === "1", "and the charts loaded again mark the alert", marks);
   check(await page.evaluate(() => window.__droverNoReload === true), "switching ranges reloads nothing but the charts");
 }
 

@@ -219,6 +219,18 @@ async fn the_device_page_charts_real_telemetry_in_chromium() {
     })
     .await;
     assert!(presence, "one device online, one offline");
+    // Above every temp_c sent so far and below every one sent once the page
+    // is open, so the first live reading fires it (with markup in its name).
+    let alert_rule = "Too hot <img src=x onerror=alert(7)>";
+    let res = app
+        .post_json(
+            &admin,
+            "/api/v1/alert-rules",
+            &json!({"name": alert_rule, "metric": "temp_c", "condition": {"op": ">", "value": 48},
+                    "for_seconds": 0, "severity": "critical"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "the alert rule is created");
 
     let expect = json!({
         "live": {
@@ -231,6 +243,7 @@ async fn the_device_page_charts_real_telemetry_in_chromium() {
                        "Uptime": "1 d 2 h", "Spool": "2 waiting"},
             "installed": [["detector", "model", "1.2.0"]],
             "fresh": "fresh_metric",
+            "alert": {"rule": alert_rule, "metric": "temp_c", "severity": "critical"},
         },
         "quiet": {"id": quiet.id, "name": "quiet-one", "latest": {"temp_c": "21.5"}},
         "never": {"id": never.id, "name": "never-seen"},
@@ -238,9 +251,11 @@ async fn the_device_page_charts_real_telemetry_in_chromium() {
         "overview": {"total": 3, "accepted": 3, "online": 1, "offline": 1, "never": 1},
     });
     // Once the script has the page open it creates this file; from then on the
-    // device sends a reading a second: temp_c alone for five seconds (points
-    // added to the drawn chart), then also a metric not charted yet (a new
-    // chart), which the open page must draw without a reload.
+    // device sends a reading a second: temp_c alone for ten seconds (points
+    // added to the drawn chart, the first firing the alert, which the drawn
+    // chart must mark before anything loads the charts again), then also a
+    // metric not charted yet (a new chart), which the open page must draw
+    // without a reload.
     let signal = app.scratch().join("device-page-open");
     let feeder = {
         let (c, live, signal) = (c.clone(), live.clone(), signal.clone());
@@ -251,7 +266,7 @@ async fn the_device_page_charts_real_telemetry_in_chromium() {
             }
             for seq in 1i64.. {
                 let temp = 48.0 + seq as f64 / 10.0;
-                let metrics = if seq <= 5 {
+                let metrics = if seq <= 10 {
                     json!({"temp_c": temp})
                 } else {
                     json!({"temp_c": temp, "fresh_metric": seq as f64})

@@ -526,3 +526,220 @@ async fn the_page_lists_update_history_and_events_newest_first_with_markup_as_te
     );
     assert!(!html.contains("No updates yet") && !html.contains("No events yet"));
 }
+
+/// How many of the device's alerts the API lists in `state`.
+async fn alert_count(app: &TestApp, admin: &str, id: &str, state: &str) -> usize {
+    let body: Value = app
+        .get(
+            admin,
+            &format!("/api/v1/alerts?device_id={id}&state={state}"),
+        )
+        .await
+        .json()
+        .await
+        .expect("alerts");
+    body["items"].as_array().map_or(0, Vec::len)
+}
+
+/// The alert of a `series` answer fired by the rule `name`.
+fn alert_of<'a>(body: &'a Value, name: &str) -> &'a Value {
+    body["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .find(|a| a["rule_name"] == name)
+        .unwrap_or_else(|| panic!("an alert of {name} in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_alerts_are_in_its_series_and_on_its_page_and_not_another_devices() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let hot = app.enrolled_device(&admin).await;
+    let cold = app.enrolled_device(&admin).await;
+    let password = operator_with_password(&app, "alma", "viewer").await;
+    let (client, _) = sign_in(&app, "alma", &password).await;
+    let page = format!("/devices/{}", hot.id);
+
+    let (html, _) = page_csrf(&app, &client, &page).await;
+    let section = part(&html, "device-alerts", "section");
+    assert!(
+        section.contains("id=\"device-alerts\" data-live=\"device\""),
+        "the alerts are refreshed live: {section}"
+    );
+    assert!(section.contains("No alerts: rules are under"), "{section}");
+    assert!(section.contains("data-alerts-key=\"0-0\""), "{section}");
+    assert_eq!(
+        series(&client, &app, &hot.id, "1h").await["alerts"],
+        json!([])
+    );
+
+    let hot_rule = "Hot <b>board</b> & \"co\"";
+    for body in [
+        json!({"name": hot_rule, "metric": "temp_c", "condition": {"op": ">", "value": 80},
+               "for_seconds": 0, "severity": "critical"}),
+        json!({"name": "busy", "metric": "cpu_pct", "condition": {"op": ">", "value": 90},
+               "for_seconds": 0, "severity": "info"}),
+        json!({"name": "frozen", "metric": "temp_c", "condition": {"op": "<", "value": 0},
+               "for_seconds": 0, "severity": "warning"}),
+    ] {
+        let res = app.post_json(&admin, "/api/v1/alert-rules", &body).await;
+        assert_eq!(res.status(), 201, "{body}");
+    }
+
+    // The hot device: temp_c fires and keeps firing; cpu_pct fires and resolves.
+    let hot_mqtt = connect(&app, &hot).await;
+    let sent_at = now_ms() - 2_000;
+    publish(
+        &hot_mqtt,
+        &hot,
+        "telemetry",
+        &json!({"epoch": "e1", "versions": {}, "seq": 1, "ts": sent_at,
+                "metrics": {"temp_c": 85.5, "cpu_pct": 95.0}}),
+    )
+    .await;
+    let fired = wait_until(Duration::from_secs(15), || async {
+        alert_count(&app, &admin, &hot.id, "firing").await == 2
+    })
+    .await;
+    assert!(fired, "both rules fire on the hot device");
+    publish(
+        &hot_mqtt,
+        &hot,
+        "telemetry",
+        &json!({"epoch": "e1", "versions": {}, "seq": 2, "ts": now_ms(),
+                "metrics": {"cpu_pct": 10.0}}),
+    )
+    .await;
+    // The cold device fires a rule of its own.
+    let cold_mqtt = connect(&app, &cold).await;
+    publish(
+        &cold_mqtt,
+        &cold,
+        "telemetry",
+        &json!({"epoch": "e1", "versions": {}, "seq": 1, "ts": now_ms(),
+                "metrics": {"temp_c": -3.0}}),
+    )
+    .await;
+    let settled = wait_until(Duration::from_secs(15), || async {
+        alert_count(&app, &admin, &hot.id, "firing").await == 1
+            && alert_count(&app, &admin, &hot.id, "resolved").await == 1
+            && alert_count(&app, &admin, &cold.id, "firing").await == 1
+    })
+    .await;
+    assert!(
+        settled,
+        "cpu_pct resolves on the hot device, frozen fires on the cold one"
+    );
+
+    // The series answer: the two alerts of the hot device, with their times.
+    let body = series(&client, &app, &hot.id, "1h").await;
+    assert_eq!(
+        metrics(&body),
+        ["cpu_pct", "temp_c"],
+        "the series are as before"
+    );
+    for key in ["range", "from", "to", "omitted"] {
+        assert!(body.get(key).is_some(), "{key} is still answered: {body}");
+    }
+    assert_eq!(body["alerts"].as_array().map(Vec::len), Some(2), "{body}");
+    let temp = alert_of(&body, hot_rule);
+    let want = json!({"metric": "temp_c", "rule_name": hot_rule, "severity": "critical",
+                      "started_at": sent_at, "fired_at": sent_at, "resolved_at": null,
+                      "state": "firing"});
+    assert_eq!(
+        temp, &want,
+        "a rule of for_seconds 0 fires at the reading's time"
+    );
+    let busy = alert_of(&body, "busy");
+    assert_eq!(
+        (
+            &busy["metric"],
+            &busy["severity"],
+            &busy["state"],
+            &busy["fired_at"]
+        ),
+        (
+            &json!("cpu_pct"),
+            &json!("info"),
+            &json!("resolved"),
+            &json!(sent_at)
+        )
+    );
+    let resolved_at = busy["resolved_at"].as_i64().expect("resolved_at");
+    assert!(resolved_at >= sent_at && resolved_at <= now_ms(), "{busy}");
+    let cold_body = series(&client, &app, &cold.id, "24h").await;
+    let names: Vec<&Value> = cold_body["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| &a["rule_name"])
+        .collect();
+    assert_eq!(
+        names,
+        [&json!("frozen")],
+        "only the cold device's own alert"
+    );
+
+    // Alerts holding at some time in the window, and no others.
+    let (store, hot_id) = (&app.store, hot.id.as_str());
+    let overlapping = |from: i64, to: i64| async move {
+        drover_server::alerts::overlapping(store, hot_id, from, to)
+            .await
+            .expect("overlapping")
+            .into_iter()
+            .map(|a| a.rule_name)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert!(
+        overlapping(sent_at - HOUR, sent_at).await.is_empty(),
+        "a window ending before they began"
+    );
+    assert_eq!(
+        overlapping(sent_at - HOUR, sent_at + 1).await,
+        ["busy".to_string(), hot_rule.to_string()].into(),
+        "a window holding their start"
+    );
+    assert_eq!(
+        overlapping(resolved_at + 1, resolved_at + HOUR).await,
+        [hot_rule.to_string()].into(),
+        "after busy resolved only the firing one holds"
+    );
+
+    // The page: firing first, then resolved, every field escaped.
+    let (html, _) = page_csrf(&app, &client, &page).await;
+    let section = part(&html, "device-alerts", "section");
+    assert!(
+        !section.contains("No alerts") && !section.contains("data-alerts-key=\"0-0\""),
+        "the key the charts watch moved: {section}"
+    );
+    let table = part(&html, "device-alert-list", "table");
+    assert_escaped(table, hot_rule, "the rule name");
+    assert_escaped(table, "temp_c > 80 for 0 s", "the condition");
+    assert_escaped(
+        table,
+        "cpu_pct > 90 for 0 s",
+        "the resolved one's condition",
+    );
+    for text in ["critical", "85.5", "firing", "busy", "info"] {
+        assert!(table.contains(text), "{text} in {table}");
+    }
+    assert!(!table.contains("<b>board"), "markup stays text");
+    assert!(
+        !table.contains("frozen"),
+        "another device's alert is not listed"
+    );
+    let firing_row = table.find("85.5").expect("the firing alert");
+    let resolved_row = table.find("busy").expect("the resolved alert");
+    assert!(firing_row < resolved_row, "firing alerts first");
+    let (html, _) = page_csrf(&app, &client, &format!("/devices/{}", cold.id)).await;
+    let table = part(&html, "device-alert-list", "table");
+    assert!(
+        table.contains("frozen") && table.contains("warning"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("busy") && !table.contains("board"),
+        "{table}"
+    );
+}

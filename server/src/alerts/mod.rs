@@ -551,6 +551,45 @@ pub async fn alerts(store: &Store, filter: &AlertFilter, page: Page) -> Result<(
     Ok((items, total))
 }
 
+/// Most alerts [`overlapping`] answers: more than a chart can show apart.
+pub const OVERLAPPING_LIMIT: i64 = 200;
+
+/// A device's alerts, newest first, that were holding at some time in
+/// `[from, to)`: begun before `to` and still firing or resolved at or after
+/// `from`. At most [`OVERLAPPING_LIMIT`], the newest.
+pub async fn overlapping(store: &Store, device_id: &str, from: i64, to: i64) -> Result<Vec<Alert>> {
+    // Through `alerts_device (device_id, id)` the scan reads only this
+    // device's alerts, newest first, and stops once the limit is met.
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts a LEFT JOIN devices d ON d.id = a.device_id
+          WHERE a.device_id = $1 AND a.started_at < $2 AND (a.resolved_at IS NULL OR a.resolved_at >= $3)
+          ORDER BY a.id DESC LIMIT $4"
+    ));
+    Ok(on_store!(store, pool => sqlx::query_as(sql)
+        .bind(device_id).bind(to).bind(from).bind(OVERLAPPING_LIMIT).fetch_all(pool).await)?)
+}
+
+/// A device's alerts as its page lists them, each list newest first: every
+/// one firing (at most one per rule, as the engine keeps one condition per
+/// rule and device) and the `resolved` newest resolved ones.
+pub async fn on_device(
+    store: &Store,
+    device_id: &str,
+    resolved: i64,
+) -> Result<(Vec<Alert>, Vec<Alert>)> {
+    // Not `alerts()`: its optional filters keep the planner off
+    // `alerts_device`, and the page asks again on every live refresh.
+    let sql = format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts a LEFT JOIN devices d ON d.id = a.device_id
+          WHERE a.device_id = $1 AND a.state = $2 ORDER BY a.id DESC LIMIT $3"
+    );
+    let firing: Vec<Alert> = on_store!(store, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(device_id).bind("firing").bind(i64::MAX).fetch_all(pool).await)?;
+    let resolved: Vec<Alert> = on_store!(store, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(device_id).bind("resolved").bind(resolved).fetch_all(pool).await)?;
+    Ok((firing, resolved))
+}
+
 /// Alerts firing now.
 pub async fn firing_count(store: &Store) -> Result<i64> {
     Ok(on_store!(store, pool => sqlx::query_scalar(

@@ -1,16 +1,17 @@
 //! Devices in the dashboard: the list with filters and paging, a device's
 //! page with its identity, certificates, latest values, health, installed
-//! versions, update history, events and charts (whose data the page fetches
-//! from `/devices/{id}/series` and then grows from the live readings), and
-//! the operator's actions.
+//! versions, update history, events, alerts and charts (whose data, with the
+//! alerts to mark on them, the page fetches from `/devices/{id}/series` and
+//! then grows from the live readings), and the operator's actions.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, get, post, web};
 use askama::Template;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::account::NoFields;
 use super::{Nav, WebError, html, html_status, see_other};
+use crate::alerts::{self, Alert};
 use crate::audit;
 use crate::error::Error;
 use crate::http::AppState;
@@ -119,6 +120,10 @@ struct DevicePage {
     updates: Vec<UpdateRow>,
     events: Vec<EventRow>,
     events_total: i64,
+    alerts: Vec<AlertRow>,
+    /// Changes whenever an alert of the device fires or resolves, so the
+    /// charts (static/charts.js) fetch their alert marks again only then.
+    alerts_key: String,
     range: ChartRange,
     ranges: [ChartRange; 3],
     error: Option<String>,
@@ -142,6 +147,35 @@ impl DevicePage {
 
 /// How many updates and events the page lists; the API has them all.
 const PAGE_ROWS: u32 = 20;
+
+/// How many resolved alerts the page lists; the Alerts page and API have more.
+const RESOLVED_ROWS: i64 = 10;
+
+/// One row of the page's alerts: a firing one, or a resolved one.
+struct AlertRow {
+    rule_name: String,
+    severity: String,
+    condition: String,
+    value: String,
+    fired_at: String,
+    fired_age: String,
+    /// (RFC 3339, age) once resolved.
+    resolved: Option<(String, String)>,
+}
+
+impl AlertRow {
+    fn new(a: Alert, now: i64) -> AlertRow {
+        AlertRow {
+            value: a.value_text(),
+            fired_at: a.fired(),
+            fired_age: telemetry::age(now, a.fired_at),
+            resolved: a.resolved_at.map(|r| (rfc3339(r), telemetry::age(now, r))),
+            rule_name: a.rule_name,
+            severity: a.severity,
+            condition: a.condition,
+        }
+    }
+}
 
 /// One row of the page's update history.
 struct UpdateRow {
@@ -207,6 +241,16 @@ async fn render_device(
     };
     let (events, events_total) = events::list(&state.store, id, rows).await?;
     let events = events.iter().map(|e| EventRow::new(e, now)).collect();
+    let (firing, resolved) = alerts::on_device(&state.store, id, RESOLVED_ROWS).await?;
+    // A firing makes a newer alert and a resolution lowers the number
+    // firing; the newest alert is always listed, firing or resolved.
+    let newest = firing.iter().chain(&resolved).map(|a| a.id).max();
+    let alerts_key = format!("{}-{}", newest.unwrap_or(0), firing.len());
+    let alerts = firing
+        .into_iter()
+        .chain(resolved)
+        .map(|a| AlertRow::new(a, now))
+        .collect();
     let tags_text = device
         .tags
         .0
@@ -226,6 +270,8 @@ async fn render_device(
             updates,
             events,
             events_total,
+            alerts,
+            alerts_key,
             range,
             ranges: ChartRange::ALL,
             error,
@@ -274,7 +320,8 @@ struct SeriesQuery {
 }
 
 /// Every metric the device sent in the asked range (`?range=1h|24h|7d`,
-/// default 1h), as JSON for the page's charts. It sits beside the page
+/// default 1h), and its alerts holding at some time in it, as JSON for the
+/// page's charts. It sits beside the page
 /// rather than in /api/v1 so that it takes the dashboard session, with the
 /// page's access rule: any signed-in role. A bad range is a 400 problem
 /// naming `range`, as the API would answer.
@@ -290,10 +337,50 @@ async fn device_series(
         Err(e) => return Ok(ApiError::from(e).error_response()),
     };
     devices::require(&state.store, &id).await?;
-    let series = telemetry::series(&state.store, &state.catalog, &id, range, now_ms()).await?;
+    let recent = telemetry::series(&state.store, &state.catalog, &id, range, now_ms()).await?;
+    let alerts = alerts::overlapping(&state.store, &id, recent.from, recent.to)
+        .await?
+        .into_iter()
+        .map(ChartAlert::from)
+        .collect();
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
-        .json(series))
+        .json(SeriesAnswer { recent, alerts }))
+}
+
+/// What the page's charts load: the series, and the alerts to mark on them.
+#[derive(Serialize)]
+struct SeriesAnswer {
+    #[serde(flatten)]
+    recent: telemetry::Recent,
+    /// Newest first; at most `alerts::OVERLAPPING_LIMIT`.
+    alerts: Vec<ChartAlert>,
+}
+
+/// An alert as a chart marks it (times in ms, as the series' are).
+#[derive(Serialize)]
+struct ChartAlert {
+    metric: String,
+    rule_name: String,
+    severity: String,
+    started_at: i64,
+    fired_at: i64,
+    resolved_at: Option<i64>,
+    state: String,
+}
+
+impl From<Alert> for ChartAlert {
+    fn from(a: Alert) -> ChartAlert {
+        ChartAlert {
+            metric: a.metric,
+            rule_name: a.rule_name,
+            severity: a.severity,
+            started_at: a.started_at,
+            fired_at: a.fired_at,
+            resolved_at: a.resolved_at,
+            state: a.state,
+        }
+    }
 }
 
 async fn act(
