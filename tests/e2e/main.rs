@@ -15,6 +15,7 @@ mod bundles_agent;
 mod cli;
 mod dashboard;
 mod device_page;
+mod devices_list;
 mod escaping;
 mod gates;
 mod identity;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::Tags;
-use super::devices::{Device, DeviceCertificate, Status};
+use super::devices::{Device, DeviceCertificate, Installed, Sort, Status};
 use super::tokens::EnrollmentToken;
 use crate::timefmt::rfc3339;
 
@@ -45,6 +45,30 @@ impl CertificateView {
     }
 }
 
+/// A bundle installed on a device, as its newest health report names it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct InstalledView {
+    /// Bundle name.
+    pub name: String,
+    /// Bundle kind.
+    pub kind: String,
+    /// Version.
+    pub version: String,
+    /// When the server first saw the device on this version.
+    pub since: String,
+}
+
+impl From<Installed> for InstalledView {
+    fn from(i: Installed) -> Self {
+        InstalledView {
+            name: i.name,
+            kind: i.kind,
+            version: i.version,
+            since: rfc3339(i.since),
+        }
+    }
+}
+
 /// A device as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
@@ -62,6 +86,8 @@ pub struct DeviceView {
     pub online: bool,
     /// Tags.
     pub tags: Tags,
+    /// Bundles installed, by name (empty until the device reports its health).
+    pub installed: Vec<InstalledView>,
     /// Enrolled.
     pub created_at: String,
     /// Last change.
@@ -77,7 +103,13 @@ pub struct DeviceView {
 
 impl DeviceView {
     /// From stored parts.
-    pub fn new(d: Device, tags: Tags, cert: Option<&DeviceCertificate>, now: i64) -> Self {
+    pub fn new(
+        d: Device,
+        tags: Tags,
+        installed: Vec<Installed>,
+        cert: Option<&DeviceCertificate>,
+        now: i64,
+    ) -> Self {
         DeviceView {
             status: d.status(),
             id: d.id,
@@ -86,6 +118,7 @@ impl DeviceView {
             hostname: d.hostname,
             online: d.online,
             tags,
+            installed: installed.into_iter().map(InstalledView::from).collect(),
             created_at: rfc3339(d.created_at),
             updated_at: rfc3339(d.updated_at),
             last_seen_at: d.last_seen_at.map(rfc3339),
@@ -146,31 +179,43 @@ pub fn join_command(device_url: &str, secret: &str, ca_hash: &str) -> String {
     format!("drover-agent enroll --server {device_url} --token {secret} --ca-hash {ca_hash}")
 }
 
-/// One device with its tags and newest certificate.
+/// One device with its tags, installed bundles and newest certificate.
 pub async fn device(store: &crate::store::Store, id: &str) -> crate::error::Result<DeviceView> {
     let d = super::devices::require(store, id).await?;
+    let ids = std::slice::from_ref(&d.id);
     let tags = super::devices::tags(store, id).await?;
-    let certs = super::devices::latest_certificates(store, std::slice::from_ref(&d.id)).await?;
-    let mut view = DeviceView::new(d, tags, certs.get(id), crate::store::now_ms());
+    let installed = super::devices::installed_of(store, ids)
+        .await?
+        .remove(id)
+        .unwrap_or_default();
+    let certs = super::devices::latest_certificates(store, ids).await?;
+    let mut view = DeviceView::new(d, tags, installed, certs.get(id), crate::store::now_ms());
     view.update = crate::updates::latest(store, id).await?;
     Ok(view)
 }
 
-/// One page of devices with their tags and newest certificates.
+/// One page of devices with their tags, installed bundles and newest
+/// certificates: four queries whatever the page size.
 pub async fn devices(
     store: &crate::store::Store,
     filter: &super::devices::Filter,
+    sort: Sort,
     page: crate::paging::Page,
 ) -> crate::error::Result<(Vec<DeviceView>, i64)> {
-    let (rows, total) = super::devices::list(store, filter, page).await?;
+    let (rows, total) = super::devices::list(store, filter, sort, page).await?;
     let ids: Vec<String> = rows.iter().map(|d| d.id.clone()).collect();
+    let mut tags = super::devices::tags_of(store, &ids).await?;
+    let mut installed = super::devices::installed_of(store, &ids).await?;
     let certs = super::devices::latest_certificates(store, &ids).await?;
     let now = crate::store::now_ms();
-    let mut views = Vec::with_capacity(rows.len());
-    for d in rows {
-        let tags = super::devices::tags(store, &d.id).await?;
-        let cert = certs.get(&d.id);
-        views.push(DeviceView::new(d, tags, cert, now));
-    }
+    let views = rows
+        .into_iter()
+        .map(|d| {
+            let tags = tags.remove(&d.id).unwrap_or_default();
+            let installed = installed.remove(&d.id).unwrap_or_default();
+            let cert = certs.get(&d.id);
+            DeviceView::new(d, tags, installed, cert, now)
+        })
+        .collect();
     Ok((views, total))
 }

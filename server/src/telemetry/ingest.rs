@@ -477,6 +477,20 @@ impl Ingest {
                      ON CONFLICT (device_id) DO UPDATE SET received_at = excluded.received_at, report = excluded.report")
                     .bind(device).bind(now).bind(report)
                     .execute(&mut *tx).await?;
+                // Every device reports every 30 s and its installed set rarely
+                // changes: read the rows, and write only what differs.
+                let Ok(h) = serde_json::from_str::<drover_proto::Health>(report) else { continue };
+                let stored: Vec<(String, String, String)> = sqlx::query_as(crate::identity::devices::INSTALLED_OF_DEVICE)
+                    .bind(device).fetch_all(&mut *tx).await?;
+                let changes = crate::identity::devices::installed_changes(&stored, &h.installed);
+                for name in &changes.gone {
+                    sqlx::query(crate::identity::devices::DELETE_INSTALLED).bind(device).bind(name).execute(&mut *tx).await?;
+                }
+                for (name, kind, version) in &changes.upsert {
+                    sqlx::query(crate::identity::devices::UPSERT_INSTALLED)
+                        .bind(device).bind(name).bind(kind).bind(version).bind(now)
+                        .execute(&mut *tx).await?;
+                }
             }
             tx.commit().await?;
             Ok((fresh_ones, duplicates))

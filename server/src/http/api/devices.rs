@@ -12,7 +12,7 @@ use crate::http::AppState;
 use crate::http::auth::Principal;
 use crate::http::errors::{ApiResult, Problem};
 use crate::http::json::Json;
-use crate::identity::devices::{self, Filter, Presence, Status};
+use crate::identity::devices::{self, Filter, Presence, Sort, Status, VersionFilter};
 use crate::identity::views::{self, CertificateView, DeviceView};
 use crate::identity::{Tags, device_type};
 use crate::paging::{Page, Paged};
@@ -29,7 +29,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(device_certificates);
 }
 
-/// Filters and paging of the device list.
+/// Filters, order and paging of the device list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeviceQuery {
@@ -45,6 +45,11 @@ pub struct DeviceQuery {
     pub q: Option<String>,
     /// online, offline (heard from before) or never (not heard from since enrolling).
     pub presence: Option<String>,
+    /// An installed bundle as `NAME:VERSION` (such as `detector:1.2.0`), or `NAME` for any version.
+    pub version: Option<String>,
+    /// name (default), -name, last_seen (longest ago and never seen first), -last_seen,
+    /// type, status, created or -created (enrollment time); ties go by id.
+    pub sort: Option<String>,
     /// Page number, from 1.
     pub page: Option<String>,
     /// Items per page, 1 to 500.
@@ -52,8 +57,8 @@ pub struct DeviceQuery {
 }
 
 impl DeviceQuery {
-    /// The validated filter and page.
-    pub fn parse(&self) -> crate::error::Result<(Filter, Page)> {
+    /// The validated filter, order and page.
+    pub fn parse(&self) -> crate::error::Result<(Filter, Sort, Page)> {
         let given = |v: &Option<String>| {
             v.as_deref()
                 .map(str::trim)
@@ -77,15 +82,23 @@ impl DeviceQuery {
             presence: given(&self.presence)
                 .map(|p| Presence::parse("presence", &p))
                 .transpose()?,
+            version: given(&self.version)
+                .map(|v| VersionFilter::parse("version", &v))
+                .transpose()?,
         };
+        let sort = given(&self.sort)
+            .map(|s| Sort::parse("sort", &s))
+            .transpose()?
+            .unwrap_or_default();
         Ok((
             filter,
+            sort,
             Page::parse(self.page.as_deref(), self.per_page.as_deref())?,
         ))
     }
 }
 
-/// Lists devices by name, with filters.
+/// Lists devices, by name unless `sort` says otherwise, with filters.
 #[utoipa::path(tag = "devices", security(("bearer" = [])), params(DeviceQuery), responses(
     (status = 200, body = Paged<DeviceView>), (status = 400, body = Problem), (status = 401, body = Problem)))]
 #[get("/devices")]
@@ -94,8 +107,8 @@ async fn list_devices(
     _who: Principal,
     query: web::Query<DeviceQuery>,
 ) -> ApiResult<web::Json<Paged<DeviceView>>> {
-    let (filter, page) = query.parse()?;
-    let (items, total) = views::devices(&state.store, &filter, page).await?;
+    let (filter, sort, page) = query.parse()?;
+    let (items, total) = views::devices(&state.store, &filter, sort, page).await?;
     Ok(web::Json(page.wrap(items, total)))
 }
 

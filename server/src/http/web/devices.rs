@@ -51,9 +51,14 @@ struct DevicesPage {
     device_type: String,
     tag: String,
     q: String,
+    version: String,
+    sorts: [devices::Sort; 8],
+    sort: String,
+    per_page: String,
     page: u32,
     pages: i64,
     total: i64,
+    now: i64,
     error: Option<String>,
 }
 
@@ -65,8 +70,41 @@ impl DevicesPage {
             ("type", self.device_type.as_str()),
             ("tag", self.tag.as_str()),
             ("q", self.q.as_str()),
+            ("version", self.version.as_str()),
+            ("sort", self.sort.as_str()),
+            ("per_page", self.per_page.as_str()),
         ];
         super::page_link("/devices", &filters, page)
+    }
+
+    /// Whether the order select shows `s` (the default when none was asked for).
+    fn sorted_by(&self, s: &devices::Sort) -> bool {
+        match self.sort.trim() {
+            "" => *s == devices::Sort::default(),
+            asked => s.as_str() == asked,
+        }
+    }
+
+    /// How long ago the device was last heard from.
+    fn last_seen(&self, d: &DeviceView) -> String {
+        d.last_seen_at
+            .as_deref()
+            .and_then(|t| crate::timefmt::parse_rfc3339("last_seen_at", t).ok())
+            .map_or_else(|| "never".to_string(), |ms| telemetry::age(self.now, ms))
+    }
+
+    /// Whether any filter narrows the list (so an empty list is not an empty fleet).
+    fn filtered(&self) -> bool {
+        [
+            &self.status,
+            &self.presence,
+            &self.device_type,
+            &self.tag,
+            &self.q,
+            &self.version,
+        ]
+        .iter()
+        .any(|f| !f.trim().is_empty())
     }
 }
 
@@ -87,14 +125,19 @@ async fn devices_page(
         device_type: text(&query.device_type),
         tag: text(&query.tag),
         q: text(&query.q),
+        version: text(&query.version),
+        sorts: devices::Sort::ALL,
+        sort: text(&query.sort),
+        per_page: text(&query.per_page),
         page: 1,
         pages: 1,
         total: 0,
+        now: now_ms(),
         error: None,
     };
     match query.parse() {
-        Ok((filter, p)) => {
-            let (devices, total) = views::devices(&state.store, &filter, p).await?;
+        Ok((filter, sort, p)) => {
+            let (devices, total) = views::devices(&state.store, &filter, sort, p).await?;
             page.devices = devices;
             page.total = total;
             page.page = p.page;
