@@ -16,6 +16,7 @@ mod cli;
 mod dashboard;
 mod device_page;
 mod devices_list;
+mod drift;
 mod escaping;
 mod gates;
 mod identity;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{HEARTBEAT_MISSING, Rule};
+use super::{DRIFT_PREFIX, HEARTBEAT_MISSING, Rule};
 use crate::error::Result;
 use crate::live::{Change, Live};
 use crate::on_store;
@@ -24,6 +24,13 @@ const SWEEP: Duration = Duration::from_secs(2);
 
 /// How long a device's type, status and tags are trusted without a change note.
 const META_TTL_MS: i64 = 60_000;
+
+/// How often rules on `drift.METRIC` are judged: a score moves slowly, and
+/// computing one reads a week of minutes.
+const DRIFT_EVERY: Duration = Duration::from_secs(60);
+
+/// Devices scored per drift pass at most, over all drift rules.
+const DRIFT_DEVICES_PER_PASS: usize = 500;
 
 /// A condition holding on one device for one rule.
 #[derive(Debug, Clone)]
@@ -92,7 +99,8 @@ impl Engine {
         let changes = live.subscribe();
         let listen = tokio::spawn(engine.clone().listen(changes));
         let sweep = tokio::spawn(engine.clone().sweep());
-        Ok((engine, vec![listen, sweep]))
+        let drift = tokio::spawn(engine.clone().drift());
+        Ok((engine, vec![listen, sweep, drift]))
     }
 
     /// Alerts firing now (for the navigation).
@@ -161,7 +169,10 @@ impl Engine {
             let result = match change {
                 Change::Readings(r) => {
                     let mut result = Ok(());
-                    for (metric, ts, value) in &r.points {
+                    // `drift.METRIC` is the drift pass's value, never a reading's.
+                    for (metric, ts, value) in
+                        r.points.iter().filter(|p| !p.0.starts_with(DRIFT_PREFIX))
+                    {
                         result = result.and(self.observe(&r.device_id, metric, *ts, *value).await);
                     }
                     result
@@ -220,6 +231,64 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Judges the rules on `drift.METRIC` once a minute.
+    async fn drift(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(DRIFT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.drift_pass(now_ms()).await {
+                tracing::warn!(error = %e, "drift evaluation failed");
+            }
+        }
+    }
+
+    /// Scores the devices in a drift rule's scope that sent its metric in the
+    /// last hour (at most [`DRIFT_DEVICES_PER_PASS`], first by id) over the
+    /// last hour, and judges each score as the value of `drift.METRIC`.
+    async fn drift_pass(&self, now: i64) -> Result<()> {
+        use crate::fleet::drift;
+        let watched: Vec<String> = self
+            .inner
+            .lock()
+            .await
+            .rules
+            .keys()
+            .filter(|m| m.starts_with(DRIFT_PREFIX))
+            .cloned()
+            .collect();
+        let mut budget = DRIFT_DEVICES_PER_PASS;
+        for key in watched {
+            let Some(metric) = key.strip_prefix(DRIFT_PREFIX) else {
+                continue;
+            };
+            let senders =
+                drift::recent_senders(&self.store, metric, now - 3_600_000, budget).await?;
+            budget -= senders.len();
+            for device_id in senders {
+                let in_scope = {
+                    let mut inner = self.inner.lock().await;
+                    let rules = inner.rules.get(&key).cloned().unwrap_or_default();
+                    self.meta(&mut inner, &device_id).await?.is_some_and(|m| {
+                        m.accepted
+                            && rules
+                                .iter()
+                                .any(|r| r.scope.covers(&m.device_type, &m.tags))
+                    })
+                };
+                if !in_scope {
+                    continue;
+                }
+                let d = drift::device(&self.store, &device_id, metric, drift::Window::Hour, now)
+                    .await?;
+                if let Some(score) = d.score {
+                    self.observe(&device_id, &key, now, score).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Judges one value of `metric` on a device against the rules watching it.

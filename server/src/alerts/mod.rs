@@ -18,6 +18,10 @@ use crate::store::{Store, now_ms};
 /// The pseudo-metric that is 1 while a device is offline and 0 while online.
 pub const HEARTBEAT_MISSING: &str = "heartbeat_missing";
 
+/// A rule on `drift.METRIC` watches the metric's drift score (see
+/// `crate::fleet::drift`), judged once a minute rather than per reading.
+pub const DRIFT_PREFIX: &str = "drift.";
+
 /// Health report figures a rule can watch, as `health.NAME`.
 pub const HEALTH_FIGURES: [&str; 6] = [
     "cpu_pct",
@@ -155,7 +159,7 @@ pub struct Rule {
     pub id: String,
     /// Name.
     pub name: String,
-    /// A reading's metric, `health.NAME`, or `heartbeat_missing`.
+    /// A reading's metric, `health.NAME`, `drift.METRIC`, or `heartbeat_missing`.
     pub metric: String,
     /// Which devices.
     pub scope: Scope,
@@ -266,12 +270,21 @@ fn metric(s: &str) -> Result<String> {
             ),
         ));
     }
+    if let Some(watched) = s.strip_prefix(DRIFT_PREFIX) {
+        if ok_name(watched) {
+            return Ok(s.to_string());
+        }
+        return Err(Error::invalid(
+            "metric",
+            format!("`{s}` does not name a metric; use drift.METRIC, e.g. drift.temp_c"),
+        ));
+    }
     if s == HEARTBEAT_MISSING || ok_name(s) {
         return Ok(s.to_string());
     }
     Err(Error::invalid(
         "metric",
-        "use a metric name (1 to 64 letters, digits, '_', '.' or '-'), health.FIGURE or heartbeat_missing",
+        "use a metric name (1 to 64 letters, digits, '_', '.' or '-'), health.FIGURE, drift.METRIC or heartbeat_missing",
     ))
 }
 
@@ -641,6 +654,8 @@ mod tests {
         assert!(metric("health.cpu_pct").is_ok());
         assert!(metric("heartbeat_missing").is_ok());
         assert!(metric("health.nope").is_err());
+        assert!(metric("drift.temp_c").is_ok());
+        assert!(metric("drift.").is_err());
         assert!(metric("<b>").is_err());
         assert!(metric("").is_err());
     }

@@ -2,6 +2,8 @@
 //! wrong right now?"). Every query here is bounded by an index or a LIMIT,
 //! so the page costs the same at 100 devices and at 100,000.
 
+pub mod drift;
+
 use crate::error::Result;
 use crate::identity::devices::{self, PresenceCounts};
 use crate::on_store;

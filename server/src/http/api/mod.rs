@@ -6,6 +6,7 @@ mod alerts;
 mod audit;
 mod bundles;
 mod devices;
+mod drift;
 mod enrollment;
 mod keys;
 mod rollouts;
@@ -84,6 +85,7 @@ pub fn scope() -> Scope<
         .configure(rollouts::routes)
         .configure(webhooks::routes)
         .configure(alerts::routes)
+        .configure(drift::routes)
         .default_service(web::to(api_not_found))
 }
 
