@@ -4,10 +4,12 @@
 //! installed version. The statistic is a pure function of two lists of means;
 //! the store is read only to fetch them.
 //!
-//! The statistic, exactly: bin edges are the deciles of the baseline's
-//! per-minute bucket means (10 bins, the lowest and highest open-ended, equal
-//! edges merged); `a` and `e` are the recent and baseline shares of each bin,
-//! each floored at 1e-4 so an empty bin counts as very unlikely rather than
+//! The statistic, exactly: bin edges are quantiles of the baseline's
+//! per-minute bucket means — deciles when both sides have 200 minutes or
+//! more, else one bin per 20 minutes of the smaller side, at least 2 (the
+//! lowest and highest bins open-ended, equal edges merged); `a` and `e` are
+//! the recent and baseline shares of each bin, each floored at half a minute
+//! of its side (at least 1e-4) so an empty bin counts as unlikely rather than
 //! impossible; PSI = Σ (a − e)·ln(a / e). Conventional reading: under 0.1
 //! steady, 0.1 to 0.25 moderate, over 0.25 drifted (the threshold).
 //!
@@ -15,12 +17,12 @@
 //! the device's last succeeded update, or, when it never updated, the 7 days
 //! before the recent window. Each side needs 30 minutes with readings.
 //!
-//! Sampling noise: PSI of two samples of one distribution is not zero. For
-//! minute means that vary independently around a steady level, a 1 h window
-//! (60 means) against a full week scores about 0.18 on average and over 0.25
-//! about one time in five; at the 30-minute minimum, about 0.5, and over 0.25
-//! two times in three (an empty bin alone adds about 0.69 through the floor).
-//! A 24 h window scores about 0.01. Read 1 h scores with that in mind.
+//! Sampling noise: PSI of two samples of one distribution is not zero; it
+//! grows with the bins and shrinks with the samples (about (bins − 1) / n).
+//! Ten bins over the 60 means of an hour would score a steady device about
+//! 0.18 on average and over 0.25 one hour in five, so short windows get fewer
+//! bins: 3 for an hour, which keeps steady hours near 0.03 while a shift of a
+//! few standard deviations still scores far above 0.25.
 
 use std::collections::BTreeMap;
 
@@ -43,11 +45,19 @@ pub const MAX_FLEET_DEVICES: usize = 2000;
 /// Length of the baseline window.
 pub const BASELINE_MS: i64 = 7 * 86_400_000;
 
-/// Bins of the histogram (deciles of the baseline).
-const BINS: usize = 10;
+/// Most bins of the histogram (deciles of the baseline).
+const MAX_BINS: usize = 10;
+
+/// Minutes of the smaller side per bin: fewer would let sampling noise read as drift.
+const MINUTES_PER_BIN: usize = 20;
 
 /// Smallest share a bin counts with, so an empty bin gives a large but finite term.
 const FLOOR: f64 = 1e-4;
+
+/// Bins for two sides of `n` and `m` minutes.
+fn bins(n: usize, m: usize) -> usize {
+    (n.min(m) / MINUTES_PER_BIN).clamp(2, MAX_BINS)
+}
 
 /// How far back the recent window reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,15 +128,15 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
     sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
 }
 
-/// The inner bin edges: the baseline's deciles, equal ones merged.
-pub fn edges(baseline: &[f64]) -> Vec<f64> {
+/// The inner bin edges: `bins` quantiles of the baseline, equal ones merged.
+pub fn edges(baseline: &[f64], bins: usize) -> Vec<f64> {
     let mut sorted: Vec<f64> = baseline.iter().copied().filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
         return Vec::new();
     }
     sorted.sort_by(f64::total_cmp);
-    let mut edges: Vec<f64> = (1..BINS)
-        .map(|k| quantile(&sorted, k as f64 / BINS as f64))
+    let mut edges: Vec<f64> = (1..bins)
+        .map(|k| quantile(&sorted, k as f64 / bins as f64))
         .collect();
     edges.dedup();
     edges
@@ -139,7 +149,8 @@ fn shares(edges: &[f64], values: &[f64]) -> Vec<f64> {
         counts[edges.partition_point(|e| e < v)] += 1;
     }
     let n = values.len().max(1) as f64;
-    counts.iter().map(|&c| (c as f64 / n).max(FLOOR)).collect()
+    let floor = (0.5 / n).max(FLOOR);
+    counts.iter().map(|&c| (c as f64 / n).max(floor)).collect()
 }
 
 /// The PSI of `recent` against `baseline` (per-minute means), or `None`
@@ -148,7 +159,7 @@ pub fn psi(baseline: &[f64], recent: &[f64]) -> Option<f64> {
     if baseline.len() < MIN_BUCKETS || recent.len() < MIN_BUCKETS {
         return None;
     }
-    let edges = edges(baseline);
+    let edges = edges(baseline, bins(baseline.len(), recent.len()));
     let e = shares(&edges, baseline);
     let a = shares(&edges, recent);
     Some(a.iter().zip(&e).map(|(a, e)| (a - e) * (a / e).ln()).sum())
@@ -441,17 +452,22 @@ mod tests {
     }
 
     #[test]
-    fn a_steady_noisy_hour_scores_over_the_steady_reading() {
-        // FIXME: 60 minute means against a week are too few for 10 bins: a
-        // steady series averages about 0.18 (not < 0.1) and a fifth of hours
-        // cross 0.25. Asserted so a change to bins, floor or windows shows here.
+    fn steady_noisy_hours_read_steady_and_a_small_shift_does_not_hide() {
         let mut state = 7;
         let baseline = noise(&mut state, 10_080);
-        let scores: Vec<f64> = (0..40)
+        let scores: Vec<f64> = (0..200)
             .map(|_| psi(&baseline, &noise(&mut state, 60)).expect("enough data"))
             .collect();
         let mean = scores.iter().sum::<f64>() / scores.len() as f64;
-        assert!(mean > 0.1 && mean < THRESHOLD, "{mean}");
+        assert!(mean < 0.1, "steady hours average {mean}");
+        let over = scores.iter().filter(|s| **s > THRESHOLD).count();
+        assert!(over <= 2, "{over} of 200 steady hours read as drift");
+        let half = psi(&baseline, &noise(&mut state, 30)).expect("enough data");
+        assert!(half < THRESHOLD, "half an hour of steady means: {half}");
+        // Two standard deviations up (the sum of 12 uniforms has sd 1).
+        let shifted: Vec<f64> = noise(&mut state, 60).iter().map(|v| v + 2.0).collect();
+        let s = psi(&baseline, &shifted).expect("enough data");
+        assert!(s > THRESHOLD, "a shift of two sd in an hour: {s}");
         let day = psi(&baseline, &noise(&mut state, 1440)).expect("enough data");
         assert!(day < 0.1, "a day of steady means reads steady: {day}");
     }
@@ -460,10 +476,15 @@ mod tests {
     fn edges_are_the_deciles_with_equal_ones_merged() {
         let values: Vec<f64> = (0..=100).map(f64::from).collect();
         assert_eq!(
-            edges(&values),
+            edges(&values, 10),
             vec![10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
         );
-        assert_eq!(edges(&[5.0; 40]), vec![5.0]);
+        assert_eq!(edges(&values, 2), vec![50.0]);
+        assert_eq!(edges(&[5.0; 40], 10), vec![5.0]);
+        assert_eq!(
+            (bins(10_080, 60), bins(30, 10_080), bins(1440, 10_080)),
+            (3, 2, 10)
+        );
         // A flat baseline still flags a series that moves above it.
         let s = psi(&[5.0; 40], &[6.0; 40]).expect("enough data");
         assert!(s > THRESHOLD, "{s}");

@@ -34,7 +34,8 @@ async fn list_rules(
 }
 
 /// Creates a rule (operator): `{name, metric, scope:{device_type, tags}, condition:{op, value},
-/// for_seconds, severity}`. `metric` is a reading's metric, `health.FIGURE` or `heartbeat_missing`.
+/// for_seconds, severity}`. `metric` is a reading's metric, `health.FIGURE`, `heartbeat_missing`
+/// or `drift.METRIC` (the drift score of METRIC over the last hour, judged every minute).
 #[utoipa::path(tag = "alerts", security(("bearer" = [])), request_body = RuleInput, responses(
     (status = 201, body = Rule), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
 #[post("/alert-rules")]
