@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod keys;
+pub mod leader;
 pub mod live;
 pub mod mqtt;
 pub mod paging;

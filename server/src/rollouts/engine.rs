@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use super::plan::{self, DeviceState, Member, Progress, Step};
 use super::{Rollout, State, finish, record_event, start_scheduled};
 use crate::error::Result;
+use crate::leader::Hold;
 use crate::mqtt::client::MqttLink;
 use crate::on_store;
 use crate::store::{Store, now_ms};
@@ -62,58 +63,11 @@ async fn take_lease(store: &Store, holder: &str) -> Result<i64> {
     Ok(epoch)
 }
 
-/// The leader's hold on the engine.
-enum Hold {
-    /// The SQLite server process.
-    Process,
-    /// A PostgreSQL session holding the advisory lock.
-    Advisory(sqlx::pool::PoolConnection<sqlx::Postgres>),
-}
-
-impl Hold {
-    async fn acquire(store: &Store) -> Result<Option<Hold>> {
-        match store {
-            Store::Sqlite(_) => Ok(Some(Hold::Process)),
-            Store::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(ADVISORY_KEY)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                if got {
-                    Ok(Some(Hold::Advisory(conn)))
-                } else {
-                    Ok(None)
-                }
-            }
-        }
-    }
-
-    /// Whether the hold still stands (the lock's session answers).
-    async fn alive(&mut self) -> bool {
-        match self {
-            Hold::Process => true,
-            Hold::Advisory(conn) => sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok(),
-        }
-    }
-
-    async fn release(self) {
-        if let Hold::Advisory(mut conn) = self {
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(ADVISORY_KEY)
-                .execute(&mut *conn)
-                .await;
-            // The session may still hold the lock if the unlock failed: never return it to the pool.
-            let _ = conn.detach();
-        }
-    }
-}
-
 /// Runs forever: follows until it can lead, then leads until it loses the hold.
 pub async fn run(store: Store, mqtt: MqttLink, wake: Arc<Notify>, live: crate::live::Live) {
     let holder = format!("pid {}", std::process::id());
     loop {
-        let hold = match Hold::acquire(&store).await {
+        let hold = match Hold::acquire(&store, ADVISORY_KEY).await {
             Ok(Some(h)) => h,
             Ok(None) => {
                 tokio::time::sleep(FOLLOW).await;

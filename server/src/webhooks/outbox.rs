@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use super::{Delivery, DeliveryState};
 use crate::error::Result;
+use crate::leader::Hold;
 use crate::on_store;
 use crate::store::{Store, now_ms};
 
@@ -122,49 +123,6 @@ fn client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// The worker's hold on delivering.
-enum Hold {
-    /// The SQLite server process.
-    Process,
-    /// A PostgreSQL session holding the advisory lock.
-    Advisory(sqlx::pool::PoolConnection<sqlx::Postgres>),
-}
-
-impl Hold {
-    async fn acquire(store: &Store) -> Result<Option<Hold>> {
-        match store {
-            Store::Sqlite(_) => Ok(Some(Hold::Process)),
-            Store::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(ADVISORY_KEY)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                Ok(got.then_some(Hold::Advisory(conn)))
-            }
-        }
-    }
-
-    /// Whether the hold still stands (the lock's session answers).
-    async fn alive(&mut self) -> bool {
-        match self {
-            Hold::Process => true,
-            Hold::Advisory(conn) => sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok(),
-        }
-    }
-
-    async fn release(self) {
-        if let Hold::Advisory(mut conn) = self {
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(ADVISORY_KEY)
-                .execute(&mut *conn)
-                .await;
-            // The session may still hold the lock if the unlock failed: never return it to the pool.
-            let _ = conn.detach();
-        }
-    }
-}
-
 /// Runs forever: waits until it may deliver, then delivers until it loses the hold.
 pub async fn run(store: Store) {
     let client = match client() {
@@ -175,7 +133,7 @@ pub async fn run(store: Store) {
         }
     };
     loop {
-        let mut hold = match Hold::acquire(&store).await {
+        let mut hold = match Hold::acquire(&store, ADVISORY_KEY).await {
             Ok(Some(h)) => h,
             Ok(None) => {
                 tokio::time::sleep(FOLLOW).await;
