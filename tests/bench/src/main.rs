@@ -4,6 +4,7 @@
 
 mod api;
 mod connections;
+mod dashboard;
 mod enroll;
 mod fleet;
 mod intake;
@@ -30,7 +31,8 @@ use clap::{Parser, Subcommand};
                   target/release/drover-bench connections --devices 10000 --out docs/BENCHMARKS.md\n  \
                   target/release/drover-bench intake --agents 10 --readings 20000 --out docs/BENCHMARKS.md\n  \
                   target/release/drover-bench simulate --devices 10000 --out docs/BENCHMARKS.md\n  \
-                  target/release/drover-bench rollout --planned 100000 --simulated 1000 --out docs/BENCHMARKS.md"
+                  target/release/drover-bench rollout --planned 100000 --simulated 1000 --out docs/BENCHMARKS.md\n  \
+                  target/release/drover-bench dashboard --out docs/BENCHMARKS.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +56,10 @@ enum Command {
     /// Plans a rollout over N device rows (preview and create, timed), then takes M simulated
     /// devices through a three-phase rollout (wall time, server CPU).
     Rollout(rollout::Args),
+    /// Seeds the release server's store with a fleet (100,000 devices, 10 million readings by
+    /// default), then times the overview and device-list pages from a signed-in session and
+    /// each reading from a device's MQTT publish to the Server-Sent Event on its page.
+    Dashboard(dashboard::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
             Command::Intake(args) => intake::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Rollout(args) => rollout::run(args).await,
+            Command::Dashboard(args) => dashboard::run(args).await,
         }
     });
     match result {
