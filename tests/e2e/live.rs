@@ -101,6 +101,11 @@ async fn pages_hear_presence_readings_and_health_as_they_are_stored() {
         overview.contains("connected"),
         "its event is among the recent ones"
     );
+    assert!(
+        overview.contains("No recent health report (1)")
+            && overview.contains("online, no health report yet"),
+        "an online device that never reported health needs attention"
+    );
 
     let ts = now_ms();
     mqtt.publish(

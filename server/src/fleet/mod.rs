@@ -151,12 +151,12 @@ pub async fn overview(store: &Store, now: i64) -> Result<Overview> {
     })
 }
 
-/// Installed versions per bundle name, from the rows agents' health reports keep current.
+/// Installed versions per bundle name, from the rows agents' health reports keep current
+/// (one index-only scan; a revoked or decommissioned device's rows go with its certificates).
 async fn versions(store: &Store) -> Result<Vec<BundleVersions>> {
     let rows: Vec<(String, String, i64)> = on_store!(store, pool => sqlx::query_as(
-        "SELECT v.name, v.version, COUNT(*) FROM device_versions v
-           JOIN devices d ON d.id = v.device_id AND d.status = 'accepted'
-          GROUP BY v.name, v.version ORDER BY v.name, COUNT(*) DESC, v.version")
+        "SELECT name, version, COUNT(*) FROM device_versions
+          GROUP BY name, version ORDER BY name, COUNT(*) DESC, version")
         .fetch_all(pool).await)?;
     let mut out: Vec<BundleVersions> = Vec::new();
     for (name, version, n) in rows {
@@ -209,12 +209,21 @@ async fn recent_events(store: &Store) -> Result<Vec<FleetEvent>> {
 
 /// Online devices whose newest health report is older than [`STALE_HEALTH_MS`] (or missing).
 async fn stale_health(store: &Store, now: i64) -> Result<(Vec<DeviceNote>, i64)> {
-    const WHERE: &str = "FROM devices d LEFT JOIN device_health h ON h.device_id = d.id
-          WHERE d.online AND d.status = 'accepted'
-            AND (h.received_at IS NULL OR h.received_at < $1)";
+    // From the stale reports (an index range, small in a healthy fleet) to their devices, and
+    // the online devices without any report; CROSS JOIN keeps SQLite from starting at the
+    // (large) set of online devices instead.
+    const WHERE: &str = "FROM (SELECT h.device_id AS id, h.received_at AS at FROM device_health h
+                              CROSS JOIN devices d
+                             WHERE h.received_at < $1 AND d.id = h.device_id AND d.online = TRUE
+                               AND d.status = 'accepted'
+                            UNION ALL
+                            SELECT d.id, NULL FROM devices d
+                             WHERE d.online = TRUE AND d.status = 'accepted'
+                               AND NOT EXISTS (SELECT 1 FROM device_health h WHERE h.device_id = d.id)) s";
     let cut = now - STALE_HEALTH_MS;
     let rows: Vec<(String, String, Option<i64>)> = on_store!(store, pool => sqlx::query_as(
-        sqlx::AssertSqlSafe(format!("SELECT d.id, d.name, h.received_at {WHERE} ORDER BY h.received_at, d.id LIMIT {LIST_ROWS}")))
+        sqlx::AssertSqlSafe(format!(
+            "SELECT s.id, d.name, s.at {WHERE} JOIN devices d ON d.id = s.id ORDER BY s.at, s.id LIMIT {LIST_ROWS}")))
         .bind(cut).fetch_all(pool).await)?;
     let total: i64 = on_store!(store, pool => sqlx::query_scalar(
         sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {WHERE}"))).bind(cut).fetch_one(pool).await)?;
@@ -236,8 +245,10 @@ async fn stale_health(store: &Store, now: i64) -> Result<(Vec<DeviceNote>, i64)>
 async fn expiring_certificates(store: &Store, now: i64) -> Result<(Vec<DeviceNote>, i64)> {
     // Starting from the certificates that expire soon (an index range) keeps this
     // small however large the fleet; a renewed device has a later one and drops out.
-    const WHERE: &str = "FROM device_certificates c JOIN devices d ON d.id = c.device_id
-          WHERE c.not_after < $1 AND c.revoked_at IS NULL AND d.status = 'accepted'
+    // CROSS JOIN: SQLite takes the certificates first (it has no statistics to know that
+    // the expiring ones are few); PostgreSQL reads it as an inner join and plans freely.
+    const WHERE: &str = "FROM device_certificates c CROSS JOIN devices d
+          WHERE d.id = c.device_id AND c.not_after < $1 AND c.revoked_at IS NULL AND d.status = 'accepted'
             AND NOT EXISTS (SELECT 1 FROM device_certificates n
                              WHERE n.device_id = c.device_id AND n.not_after > c.not_after)";
     let soon = now + EXPIRY_WARNING_MS;
