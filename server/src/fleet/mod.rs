@@ -207,29 +207,27 @@ async fn recent_events(store: &Store) -> Result<Vec<FleetEvent>> {
         .bind(LIST_ROWS).fetch_all(pool).await)?)
 }
 
-/// Online devices whose newest health report is older than [`STALE_HEALTH_MS`] (or missing).
+/// Online devices whose newest health report is older than [`STALE_HEALTH_MS`] (or missing),
+/// stalest first, and how many.
 async fn stale_health(store: &Store, now: i64) -> Result<(Vec<DeviceNote>, i64)> {
-    // From the stale reports (an index range, small in a healthy fleet) to their devices, and
-    // the online devices without any report; CROSS JOIN keeps SQLite from starting at the
-    // (large) set of online devices instead.
-    const WHERE: &str = "FROM (SELECT h.device_id AS id, h.received_at AS at FROM device_health h
-                              CROSS JOIN devices d
-                             WHERE h.received_at < $1 AND d.id = h.device_id AND d.online = TRUE
-                               AND d.status = 'accepted'
-                            UNION ALL
-                            SELECT d.id, NULL FROM devices d
-                             WHERE d.online = TRUE AND d.status = 'accepted'
-                               AND NOT EXISTS (SELECT 1 FROM device_health h WHERE h.device_id = d.id)) s";
-    let cut = now - STALE_HEALTH_MS;
-    let rows: Vec<(String, String, Option<i64>)> = on_store!(store, pool => sqlx::query_as(
-        sqlx::AssertSqlSafe(format!(
-            "SELECT s.id, d.name, s.at {WHERE} JOIN devices d ON d.id = s.id ORDER BY s.at, s.id LIMIT {LIST_ROWS}")))
-        .bind(cut).fetch_all(pool).await)?;
-    let total: i64 = on_store!(store, pool => sqlx::query_scalar(
-        sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {WHERE}"))).bind(cut).fetch_one(pool).await)?;
+    // One pass: the online devices (an index of ids) without a fresh report (a probe into an
+    // index of report times), counted with a window function; only the matches are then
+    // joined to their names and report times. Migration 0014 holds both indexes.
+    let sql = format!(
+        "SELECT s.id, d.name, h.received_at, s.n FROM (
+            SELECT d.id AS id, COUNT(*) OVER () AS n FROM devices d
+              LEFT JOIN device_health f ON f.device_id = d.id AND f.received_at >= $1
+             WHERE d.status = 'accepted' AND d.online = TRUE AND f.device_id IS NULL) s
+           JOIN devices d ON d.id = s.id
+           LEFT JOIN device_health h ON h.device_id = s.id
+          ORDER BY h.received_at, s.id LIMIT {LIST_ROWS}"
+    );
+    let rows: Vec<(String, String, Option<i64>, i64)> = on_store!(store, pool => sqlx::query_as(
+        sqlx::AssertSqlSafe(sql)).bind(now - STALE_HEALTH_MS).fetch_all(pool).await)?;
+    let total = rows.first().map_or(0, |r| r.3);
     let notes = rows
         .into_iter()
-        .map(|(id, name, at)| DeviceNote {
+        .map(|(id, name, at, _)| DeviceNote {
             id,
             name,
             note: match at {

@@ -70,6 +70,11 @@ pub struct Args {
     /// Keep the server's data directory and the agents' state directories after the run.
     #[arg(long)]
     keep_data: bool,
+    /// Alert rules watching the ingested metric during the run (judged on every reading;
+    /// none ever holds, so this measures evaluation, not alerting); with rules the section
+    /// written is "## Telemetry intake with alert rules".
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    alert_rules: u32,
 }
 
 /// `target/agent/drover-agent`: this binary lives in target/release.
@@ -635,6 +640,11 @@ pub async fn run(args: Args) -> Result<()> {
         jwt,
     } = server::start_fresh(&server_bin, &data.path).await?;
     let join_command = api.join_command(&jwt, args.agents).await?;
+    for n in 0..args.alert_rules {
+        let rule = serde_json::json!({"name": format!("bench rule {n}"), "metric": "bench",
+            "condition": {"op": ">", "value": 1e15 + f64::from(n)}, "for_seconds": 60});
+        api.post(Some(&jwt), "/api/v1/alert-rules", &rule).await?;
+    }
     let join = parse_join(&join_command)
         .with_context(|| format!("the join command `{join_command}` lacks a flag"))?;
 
@@ -717,8 +727,25 @@ pub async fn run(args: Args) -> Result<()> {
     let section = report.markdown();
     println!("{section}");
     if let Some(out) = &args.out {
-        write_section(out, &file_header(&report.machine), HEADING, &section)?;
-        eprintln!("wrote the Telemetry intake section of {}", out.display());
+        let heading = if args.alert_rules > 0 {
+            format!("{HEADING} with alert rules")
+        } else {
+            HEADING.to_string()
+        };
+        let section = if args.alert_rules > 0 {
+            section.replacen(&format!("{HEADING}\n"), &format!("{heading}\n"), 1).replacen(
+                "**Method.**",
+                &format!(
+                    "**With {} alert rules** on the ingested metric (none ever holds: the cost of judging each reading). **Method.**",
+                    args.alert_rules
+                ),
+                1,
+            )
+        } else {
+            section
+        };
+        write_section(out, &file_header(&report.machine), &heading, &section)?;
+        eprintln!("wrote the {} section of {}", heading.trim_start_matches("## "), out.display());
     }
     Ok(())
 }
