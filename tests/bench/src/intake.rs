@@ -745,7 +745,11 @@ pub async fn run(args: Args) -> Result<()> {
             section
         };
         write_section(out, &file_header(&report.machine), &heading, &section)?;
-        eprintln!("wrote the {} section of {}", heading.trim_start_matches("## "), out.display());
+        eprintln!(
+            "wrote the {} section of {}",
+            heading.trim_start_matches("## "),
+            out.display()
+        );
     }
     Ok(())
 }
