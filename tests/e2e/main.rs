@@ -18,6 +18,7 @@ mod device_page;
 mod devices_list;
 mod drift;
 mod escaping;
+mod fleet_metrics;
 mod gates;
 mod identity;
 mod keys;

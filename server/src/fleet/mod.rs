@@ -3,6 +3,7 @@
 //! so the page costs the same at 100 devices and at 100,000.
 
 pub mod drift;
+pub mod metrics;
 
 use crate::error::Result;
 use crate::identity::devices::{self, PresenceCounts};

@@ -27,6 +27,7 @@ const ASSETS: &[Asset] = &[
     asset!("drover.css", "text/css; charset=utf-8"),
     asset!("drover.js", "text/javascript; charset=utf-8"),
     asset!("charts.js", "text/javascript; charset=utf-8"),
+    asset!("fleet.js", "text/javascript; charset=utf-8"),
     asset!("upload.js", "text/javascript; charset=utf-8"),
     asset!("live.js", "text/javascript; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),

@@ -8,6 +8,7 @@ mod bundles;
 mod devices;
 mod drift;
 mod enrollment;
+mod fleet;
 mod keys;
 mod rollouts;
 mod telemetry;
@@ -86,6 +87,7 @@ pub fn scope() -> Scope<
         .configure(webhooks::routes)
         .configure(alerts::routes)
         .configure(drift::routes)
+        .configure(fleet::routes)
         .default_service(web::to(api_not_found))
 }
 

@@ -8,6 +8,7 @@ mod alerts;
 mod bundles;
 mod devices;
 mod enrollment;
+mod fleet;
 mod live;
 mod pages;
 mod rollouts;
@@ -30,6 +31,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     webhooks::routes(cfg);
     devices::routes(cfg);
     enrollment::routes(cfg);
+    fleet::routes(cfg);
     live::routes(cfg);
     pages::routes(cfg);
 }
