@@ -434,6 +434,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             live.clone(),
         )),
         tokio::spawn(crate::webhooks::outbox::run(store.clone())),
+        tokio::spawn(crate::fleet::tallies::run(store.clone())),
     ];
     background.extend(sync_task);
     background.extend(alert_tasks);

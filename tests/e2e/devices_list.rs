@@ -547,3 +547,195 @@ async fn totals_and_pages_agree_under_filters_and_markup_stays_escaped() {
     }
     assert!(html.contains("<label for=\"f-version\">") && html.contains("<label for=\"f-sort\">"));
 }
+
+/// The overview's kept counts, next to the same counts taken from the rows.
+async fn kept_and_counted(
+    app: &TestApp,
+) -> (
+    drover_server::fleet::tallies::Tallies,
+    drover_server::fleet::tallies::Tallies,
+) {
+    use drover_server::store::Store;
+    let kept = drover_server::fleet::tallies::read(&app.store)
+        .await
+        .expect("read tallies");
+    const DEVICES: &str = "SELECT status,
+            CASE WHEN online THEN 'online' WHEN last_seen_at IS NULL THEN 'never' ELSE 'offline' END,
+            COUNT(*) FROM devices GROUP BY 1, 2";
+    const VERSIONS: &str =
+        "SELECT name, version, COUNT(*) FROM device_versions GROUP BY name, version";
+    type Counted = Vec<(String, String, i64)>;
+    let (devices, versions): (Counted, Counted) = match &app.store {
+        Store::Sqlite(pool) => (
+            sqlx::query_as(DEVICES)
+                .fetch_all(pool)
+                .await
+                .expect("count"),
+            sqlx::query_as(VERSIONS)
+                .fetch_all(pool)
+                .await
+                .expect("count"),
+        ),
+        Store::Postgres(pool) => (
+            sqlx::query_as(DEVICES)
+                .fetch_all(pool)
+                .await
+                .expect("count"),
+            sqlx::query_as(VERSIONS)
+                .fetch_all(pool)
+                .await
+                .expect("count"),
+        ),
+    };
+    let mut counted = drover_server::fleet::tallies::Tallies::default();
+    for (status, presence, n) in devices {
+        *counted.by_status.entry(status.clone()).or_default() += n;
+        if status == "accepted" {
+            match presence.as_str() {
+                "online" => counted.presence.online += n,
+                "never" => counted.presence.never += n,
+                _ => counted.presence.offline += n,
+            }
+        }
+    }
+    for (name, version, n) in versions {
+        counted.versions.insert((name, version), n);
+    }
+    (kept, counted)
+}
+
+async fn assert_counts_kept(app: &TestApp, step: &str) {
+    let (kept, counted) = kept_and_counted(app).await;
+    assert_eq!(kept, counted, "after {step}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overviews_kept_counts_equal_the_rows_through_every_kind_of_change() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    assert_counts_kept(&app, "start").await;
+
+    let mut devices = Vec::new();
+    for _ in 0..4 {
+        devices.push(enroll(&app, &admin, "gateway").await);
+    }
+    let approval = app
+        .enrollment_token(&admin, json!({"uses": 1, "approval": true}))
+        .await;
+    let key = drover_tests::DeviceKey::new();
+    let res = app
+        .enroll(approval["token"].as_str().expect("token"), &key, "gateway")
+        .await;
+    assert_eq!(res.status(), 201);
+    let pending: Value = res.json().await.expect("json");
+    let pending = pending["device_id"].as_str().expect("id").to_string();
+    assert_counts_kept(&app, "enrolling").await;
+    let before = drover_server::fleet::tallies::read(&app.store)
+        .await
+        .expect("read");
+    assert_eq!(before.by_status.get("pending"), Some(&1), "{before:?}");
+    assert_eq!(before.presence.never, 4, "{before:?}");
+
+    // Presence and installed versions through the devices' own MQTT messages.
+    let mut sessions = Vec::new();
+    for (i, device) in devices.iter().take(3).enumerate() {
+        let s = Session::open(&app, device).await;
+        s.online().await;
+        let version = if i == 0 { "1.0.0" } else { "1.1.0" };
+        s.report(&[
+            ("detector", "model", version),
+            ("agent", "application", "0.9.0"),
+        ])
+        .await;
+        sessions.push(s);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            let t = drover_server::fleet::tallies::read(&app.store)
+                .await
+                .expect("read");
+            t.presence.online == 3 && t.versions.values().sum::<i64>() == 6
+        })
+        .await,
+        "presence and versions arrive: {:?}",
+        kept_and_counted(&app).await
+    );
+    assert_counts_kept(&app, "presence and reports").await;
+
+    // A version changes, a bundle is dropped from a report.
+    sessions[0]
+        .report(&[
+            ("detector", "model", "1.1.0"),
+            ("agent", "application", "0.9.0"),
+        ])
+        .await;
+    sessions[1].report(&[("detector", "model", "1.1.0")]).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            let t = drover_server::fleet::tallies::read(&app.store)
+                .await
+                .expect("read");
+            t.versions.get(&("detector".into(), "1.1.0".into())) == Some(&3)
+                && t.versions.get(&("agent".into(), "0.9.0".into())) == Some(&2)
+        })
+        .await,
+        "changed versions arrive"
+    );
+    assert_counts_kept(&app, "a changed and a dropped version").await;
+
+    // Status changes: accepted, revoked (its versions go), decommissioned.
+    let res = app
+        .post_json(
+            &admin,
+            &format!("/api/v1/devices/{pending}/accept"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .post_json(
+            &admin,
+            &format!("/api/v1/devices/{}/revoke", devices[2].id),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .delete(&admin, &format!("/api/v1/devices/{}", devices[3].id))
+        .await;
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_counts_kept(&app, "accept, revoke and decommission").await;
+
+    // Many devices in one statement: the presence sweep marks every silent device offline.
+    drover_server::telemetry::retention::mark_silent_offline(
+        &app.store,
+        Duration::ZERO,
+        now_ms() + 60_000,
+    )
+    .await
+    .expect("sweep");
+    assert_counts_kept(&app, "the presence sweep").await;
+    let swept = drover_server::fleet::tallies::read(&app.store)
+        .await
+        .expect("read");
+    assert_eq!(swept.presence.online, 0, "{swept:?}");
+
+    // Folding the rows changes no count, and a second fold has nothing to do.
+    let removed = drover_server::fleet::tallies::compact(&app.store)
+        .await
+        .expect("compact");
+    assert!(removed > 0, "there were rows to fold");
+    assert_counts_kept(&app, "folding").await;
+    assert_eq!(
+        drover_server::fleet::tallies::compact(&app.store)
+            .await
+            .expect("compact"),
+        0
+    );
+    assert_eq!(
+        drover_server::fleet::tallies::read(&app.store)
+            .await
+            .expect("read"),
+        swept
+    );
+}

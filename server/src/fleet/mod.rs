@@ -4,9 +4,10 @@
 
 pub mod drift;
 pub mod metrics;
+pub mod tallies;
 
 use crate::error::Result;
-use crate::identity::devices::{self, PresenceCounts};
+use crate::identity::devices::PresenceCounts;
 use crate::on_store;
 use crate::store::Store;
 use crate::telemetry::views::age;
@@ -139,12 +140,13 @@ pub struct DeviceNote {
 
 /// Everything the overview shows, as of `now`.
 pub async fn overview(store: &Store, now: i64) -> Result<Overview> {
+    let counts = tallies::read(store).await?;
     Ok(Overview {
-        by_status: devices::count_by_status(store).await?,
-        presence: devices::count_by_presence(store).await?,
+        by_status: counts.by_status,
+        presence: counts.presence,
         bundles: on_store!(store, pool => sqlx::query_scalar("SELECT COUNT(*) FROM bundles")
             .fetch_one(pool).await)?,
-        versions: versions(store).await?,
+        versions: versions(counts.versions),
         rollouts: active_rollouts(store).await?,
         events: recent_events(store).await?,
         stale: stale_health(store, now).await?,
@@ -152,15 +154,10 @@ pub async fn overview(store: &Store, now: i64) -> Result<Overview> {
     })
 }
 
-/// Installed versions per bundle name, from the rows agents' health reports keep current
-/// (one index-only scan; a revoked or decommissioned device's rows go with its certificates).
-async fn versions(store: &Store) -> Result<Vec<BundleVersions>> {
-    let rows: Vec<(String, String, i64)> = on_store!(store, pool => sqlx::query_as(
-        "SELECT name, version, COUNT(*) FROM device_versions
-          GROUP BY name, version ORDER BY name, COUNT(*) DESC, version")
-        .fetch_all(pool).await)?;
+/// Installed versions per bundle name (from the kept counts), most devices first.
+fn versions(counts: std::collections::BTreeMap<(String, String), i64>) -> Vec<BundleVersions> {
     let mut out: Vec<BundleVersions> = Vec::new();
-    for (name, version, n) in rows {
+    for ((name, version), n) in counts.into_iter().filter(|(_, n)| *n > 0) {
         match out.last_mut() {
             Some(b) if b.name == name => {
                 b.devices += n;
@@ -173,7 +170,11 @@ async fn versions(store: &Store) -> Result<Vec<BundleVersions>> {
             }),
         }
     }
-    Ok(out)
+    for b in &mut out {
+        b.versions
+            .sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+    }
+    out
 }
 
 async fn active_rollouts(store: &Store) -> Result<Vec<ActiveRollout>> {

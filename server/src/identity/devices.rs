@@ -868,13 +868,6 @@ pub async fn accepted_ids(store: &Store) -> Result<Vec<String>> {
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
-/// How many devices have each status.
-pub async fn count_by_status(store: &Store) -> Result<std::collections::BTreeMap<String, i64>> {
-    let rows: Vec<(String, i64)> = on_store!(store, pool => sqlx::query_as(
-        "SELECT status, COUNT(*) FROM devices GROUP BY status").fetch_all(pool).await)?;
-    Ok(rows.into_iter().collect())
-}
-
 /// How many accepted devices are online, offline and never seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PresenceCounts {
@@ -884,21 +877,6 @@ pub struct PresenceCounts {
     pub offline: i64,
     /// Never heard from since enrolling.
     pub never: i64,
-}
-
-/// Presence of the accepted devices (the others may not connect, so their
-/// presence says nothing about the fleet's health).
-pub async fn count_by_presence(store: &Store) -> Result<PresenceCounts> {
-    let (online, offline, never): (i64, i64, i64) = on_store!(store, pool => sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(CASE WHEN online THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(CASE WHEN NOT online AND last_seen_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(CASE WHEN NOT online AND last_seen_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT)
-         FROM devices WHERE status = 'accepted'").fetch_one(pool).await)?;
-    Ok(PresenceCounts {
-        online,
-        offline,
-        never,
-    })
 }
 
 /// Records a device's presence from its `state` topic (and its last contact),
