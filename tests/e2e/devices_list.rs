@@ -683,6 +683,26 @@ async fn the_overviews_kept_counts_equal_the_rows_through_every_kind_of_change()
     );
     assert_counts_kept(&app, "a changed and a dropped version").await;
 
+    // Their health reports are fresh now and stale four minutes on (the overview's
+    // "no recent health report" reads the time each report leaves on its device).
+    let fresh = drover_server::fleet::overview(&app.store, now_ms())
+        .await
+        .expect("overview");
+    assert_eq!(fresh.stale.1, 0, "{:?}", fresh.stale);
+    let later = drover_server::fleet::overview(&app.store, now_ms() + 4 * 60_000)
+        .await
+        .expect("overview");
+    assert_eq!(later.stale.1, 3, "{:?}", later.stale);
+    assert!(
+        later
+            .stale
+            .0
+            .iter()
+            .all(|n| n.note.starts_with("last health report")),
+        "{:?}",
+        later.stale
+    );
+
     // Status changes: accepted, revoked (its versions go), decommissioned.
     let res = app
         .post_json(
