@@ -19,6 +19,7 @@ fn main() -> std::io::Result<()> {
     let reading = NewReading {
         ts: 1_732_300_000_000,
         metrics: BTreeMap::from([("temp_c".to_owned(), 48.2), ("load".to_owned(), 0.75)]),
+        versions: BTreeMap::new(),
     };
     println!("spool at {}", dir.path().display());
     for batch in [1usize, 10, 100] {

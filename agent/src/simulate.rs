@@ -535,6 +535,7 @@ impl Device {
             let reading = NewReading {
                 ts: crate::now().unix_millis(),
                 metrics,
+                versions: BTreeMap::new(),
             };
             let appended = spool
                 .lock()

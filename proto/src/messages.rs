@@ -114,7 +114,8 @@ impl Readings {
 pub struct Telemetry {
     /// The agent run the readings belong to.
     pub epoch: Epoch,
-    /// Installed version of each bundle name.
+    /// Version of each bundle the readings were made with: the installed one, or the one the
+    /// device program named for its reading (a model it loaded).
     pub versions: BTreeMap<String, Version>,
     /// One reading or a batch.
     pub readings: Readings,

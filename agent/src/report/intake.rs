@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use drover_proto::{SafeName, Version};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
@@ -29,6 +30,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub const MAX_METRICS: usize = 64;
 /// Longest metric name.
 pub const MAX_NAME: usize = 64;
+/// Most bundle versions one reading may name (`versions`).
+pub const MAX_VERSIONS: usize = 16;
 /// How far a reading's `ts` may be from the agent's clock: a year, in ms.
 pub const MAX_TS_SKEW_MS: i64 = 366 * 24 * 3600 * 1000;
 /// Most intake connections served at once (socket and HTTP each).
@@ -78,10 +81,10 @@ pub fn parse_item(value: &Value, now_ms: i64) -> Result<Item, String> {
     }
     if let Some(key) = object
         .keys()
-        .find(|k| !["metrics", "ts"].contains(&k.as_str()))
+        .find(|k| !["metrics", "ts", "versions"].contains(&k.as_str()))
     {
         return Err(format!(
-            "unknown field `{}`; a reading has `metrics` and optionally `ts`",
+            "unknown field `{}`; a reading has `metrics` and optionally `ts` and `versions`",
             shorten(key)
         ));
     }
@@ -104,7 +107,56 @@ pub fn parse_item(value: &Value, now_ms: i64) -> Result<Item, String> {
             ts
         }
     };
-    Ok(Item::Reading(NewReading { ts, metrics }))
+    let versions = match object.get("versions") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(versions)) => parse_versions(versions)?,
+        Some(_) => {
+            return Err(
+                "`versions` must be an object of BUNDLE_NAME: VERSION, e.g. {\"detector\":\"1.2.0\"}"
+                    .into(),
+            );
+        }
+    };
+    Ok(Item::Reading(NewReading {
+        ts,
+        metrics,
+        versions,
+    }))
+}
+
+/// A reading's `versions`: the bundle versions the program used for it (a model it loaded),
+/// which the agent stamps on the reading in place of the installed ones of the same names.
+fn parse_versions(versions: &Map<String, Value>) -> Result<BTreeMap<String, Version>, String> {
+    if versions.len() > MAX_VERSIONS {
+        return Err(format!(
+            "`versions` has {} names; at most {MAX_VERSIONS} are allowed in one reading",
+            versions.len()
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in versions {
+        SafeName::parse(name).map_err(|e| format!("`versions` names a bundle badly: {e}"))?;
+        let version = value
+            .as_str()
+            .ok_or_else(|| {
+                format!(
+                    "version of `{}` must be a string such as \"1.2.0\", not {}",
+                    shorten(name),
+                    kind_of(value)
+                )
+            })
+            .and_then(|text| {
+                Version::parse(text).map_err(|e| {
+                    format!(
+                        "version `{}` of `{}` is not a semantic version: {e}",
+                        shorten(text),
+                        shorten(name)
+                    )
+                })
+            })?;
+        out.insert(name.clone(), version);
+    }
+    Ok(out)
 }
 
 fn parse_metrics(metrics: &Map<String, Value>) -> Result<BTreeMap<String, f64>, String> {
@@ -686,6 +738,138 @@ mod tests {
             panic!("not a reading");
         };
         assert_eq!(r.ts, NOW);
+    }
+
+    #[test]
+    fn a_reading_may_name_the_versions_it_was_made_with() {
+        let Item::Reading(r) = parse_line(
+            br#"{"metrics":{"inference_ms":12.5},"versions":{"detector":"2.0.0","cam-model_x.y":"1.0.0-rc.1"}}"#,
+            NOW,
+        )
+        .unwrap() else {
+            panic!("not a reading");
+        };
+        assert_eq!(r.versions["detector"], Version::new(2, 0, 0));
+        assert_eq!(r.versions["cam-model_x.y"].to_string(), "1.0.0-rc.1");
+        let Item::Reading(r) = parse_line(br#"{"metrics":{"x":1},"versions":{}}"#, NOW).unwrap()
+        else {
+            panic!("not a reading");
+        };
+        assert!(r.versions.is_empty());
+        let Item::Reading(r) = parse_line(br#"{"metrics":{"x":1}}"#, NOW).unwrap() else {
+            panic!("not a reading");
+        };
+        assert!(r.versions.is_empty());
+    }
+
+    #[test]
+    fn bad_versions_are_refused_with_the_problem_named() {
+        let many: Vec<String> = (0..17).map(|i| format!("\"m{i}\":\"1.0.0\"")).collect();
+        let many = format!(
+            "{{\"metrics\":{{\"x\":1}},\"versions\":{{{}}}}}",
+            many.join(",")
+        );
+        let cases = [
+            (
+                r#"{"metrics":{"x":1},"versions":["1.0.0"]}"#,
+                "`versions` must be an object",
+            ),
+            (
+                r#"{"metrics":{"x":1},"versions":"1.0.0"}"#,
+                "`versions` must be an object",
+            ),
+            (
+                r#"{"metrics":{"x":1},"versions":{"detector":2}}"#,
+                "version of `detector` must be a string",
+            ),
+            (
+                r#"{"metrics":{"x":1},"versions":{"detector":"v2"}}"#,
+                "version `v2` of `detector` is not a semantic version",
+            ),
+            (
+                r#"{"metrics":{"x":1},"versions":{"detector":"2.0"}}"#,
+                "is not a semantic version",
+            ),
+            (
+                r#"{"metrics":{"x":1},"versions":{"../etc":"1.0.0"}}"#,
+                "`versions` names a bundle badly",
+            ),
+            (
+                r#"{"metrics":{"x":1},"versions":{"":"1.0.0"}}"#,
+                "`versions` names a bundle badly",
+            ),
+            (&many, "has 17 names; at most 16"),
+            (r#"{"versions":{"detector":"1.0.0"}}"#, "missing `metrics`"),
+        ];
+        for (line, expected) in cases {
+            let got = problem(line);
+            assert!(got.contains(expected), "{line}: {got}");
+        }
+    }
+
+    fn intake(dir: &Path, shared: &SharedState) -> (Intake, SharedSpool) {
+        let epoch = drover_proto::Epoch::from_random(&[7; 8]);
+        let spool = Arc::new(Mutex::new(
+            Spool::open(dir, 1 << 20, epoch).expect("open the spool"),
+        ));
+        let intake = Intake::new(
+            Arc::clone(&spool),
+            shared.clone(),
+            3600,
+            Arc::new(Notify::new()),
+        );
+        (intake, spool)
+    }
+
+    #[tokio::test]
+    async fn a_readings_versions_are_stamped_over_the_installed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedState::default();
+        shared.lock().versions = BTreeMap::from([
+            ("detector".to_owned(), Version::new(2, 0, 0)),
+            ("firmware".to_owned(), Version::new(5, 0, 0)),
+        ]);
+        let (intake, spool) = intake(dir.path(), &shared);
+        let lines: [&[u8]; 2] = [
+            br#"{"metrics":{"x":1},"versions":{"detector":"1.0.0"}}"#,
+            br#"{"metrics":{"x":2}}"#,
+        ];
+        let items = lines.iter().map(|l| parse_line(l, NOW)).collect();
+        let answers = intake.handle(items, NOW).await;
+        assert_eq!(
+            answers,
+            [json!({"ok": true, "seq": 1}), json!({"ok": true, "seq": 2})]
+        );
+        let spool = spool.lock().unwrap();
+        let stored = spool.peek(spool.head(), 1 << 20).unwrap();
+        let stamped: Vec<String> = stored
+            .iter()
+            .map(|s| serde_json::to_string(&s.telemetry.as_ref().unwrap().versions).unwrap())
+            .collect();
+        assert_eq!(
+            stamped,
+            [
+                r#"{"detector":"1.0.0","firmware":"5.0.0"}"#,
+                r#"{"detector":"2.0.0","firmware":"5.0.0"}"#
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hold_is_capped_and_one_ending_now_releases_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedState::default();
+        let (intake, _spool) = intake(dir.path(), &shared);
+        let hold = |until| vec![Ok(Item::DeferUpdates { until })];
+        let answers = intake.handle(hold(NOW + 60_000), NOW).await;
+        assert_eq!(answers, [json!({"ok": true, "until": NOW + 60_000})]);
+        assert_eq!(shared.lock().defer_until, Some(NOW + 60_000));
+        let answers = intake.handle(hold(NOW + 7_200_000), NOW).await;
+        assert_eq!(answers, [json!({"ok": true, "until": NOW + 3_600_000})]);
+        // The SDK's release: a hold that ends now holds nothing.
+        let answers = intake.handle(hold(NOW), NOW).await;
+        assert_eq!(answers, [json!({"ok": true, "until": NOW})]);
+        assert_eq!(shared.lock().defer_until, None);
     }
 
     #[test]

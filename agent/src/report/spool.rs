@@ -52,6 +52,9 @@ pub struct NewReading {
     pub ts: i64,
     /// Metric name → value (validated by the intake).
     pub metrics: BTreeMap<String, f64>,
+    /// Versions the program says it used for this reading (a model it loaded): they win over the
+    /// installed versions for the same bundle names. Usually empty.
+    pub versions: BTreeMap<String, Version>,
 }
 
 /// One reading read back from the spool, with where it lies.
@@ -239,7 +242,8 @@ impl Spool {
         self.head
     }
 
-    /// Stamps `readings` (epoch, next sequence numbers, `versions`) and appends them, then
+    /// Stamps `readings` (epoch, next sequence numbers, `versions` with each reading's own
+    /// versions laid over them) and appends them, then
     /// fsyncs once: when this returns `Ok`, every one of them survives a power loss. Returns their
     /// sequence numbers. A full spool first drops its oldest segment.
     pub fn append(
@@ -253,9 +257,11 @@ impl Spool {
         let result = (|| {
             for reading in readings {
                 let seq = self.next_seq;
+                let mut stamped = versions.clone();
+                stamped.extend(reading.versions.clone());
                 let frame = encode_frame(&Telemetry {
                     epoch: self.epoch.clone(),
-                    versions: versions.clone(),
+                    versions: stamped,
                     readings: Readings::Single(Reading {
                         seq,
                         ts: reading.ts,
@@ -678,6 +684,7 @@ mod tests {
         NewReading {
             ts: 1_732_300_000_000,
             metrics: BTreeMap::from([("temp_c".to_owned(), value)]),
+            versions: BTreeMap::new(),
         }
     }
 
@@ -703,6 +710,32 @@ mod tests {
     #[test]
     fn crc32_matches_the_standard_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn a_readings_own_versions_win_over_the_installed_ones_for_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20, epoch(1)).unwrap();
+        let installed = BTreeMap::from([
+            ("detector".to_owned(), Version::new(2, 0, 0)),
+            ("firmware".to_owned(), Version::new(5, 0, 0)),
+        ]);
+        let mut loaded = reading(1.0);
+        loaded.versions = BTreeMap::from([("detector".to_owned(), Version::new(1, 0, 0))]);
+        spool.append(&[loaded, reading(2.0)], &installed).unwrap();
+        let stored = spool.peek(spool.head(), 1 << 20).unwrap();
+        let stamped: Vec<_> = stored
+            .iter()
+            .map(|s| s.telemetry.as_ref().unwrap().versions.clone())
+            .collect();
+        assert_eq!(
+            stamped[0],
+            BTreeMap::from([
+                ("detector".to_owned(), Version::new(1, 0, 0)),
+                ("firmware".to_owned(), Version::new(5, 0, 0)),
+            ])
+        );
+        assert_eq!(stamped[1], installed);
     }
 
     #[test]
