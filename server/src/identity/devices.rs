@@ -639,6 +639,25 @@ fn walk_sort_index(fleet: i64, matching: i64, page: Page) -> bool {
     matching.saturating_mul(2) >= fleet && visited <= matching.saturating_mul(2)
 }
 
+/// Whether one index holds exactly the filter's devices in the sort's order (migration 0018:
+/// a type or a status, by name), so SQLite reads the page off it with no hint.
+fn ordered_by_index(filter: &Filter, sort: Sort) -> bool {
+    let by_name = matches!(sort, Sort::Name | Sort::NameDesc);
+    let only_type = filter.device_type.is_some()
+        && filter.status.is_none()
+        && filter.tag.is_none()
+        && filter.q.is_none()
+        && filter.presence.is_none()
+        && filter.version.is_none();
+    let only_status = filter.status.is_some()
+        && filter.device_type.is_none()
+        && filter.tag.is_none()
+        && filter.q.is_none()
+        && filter.presence.is_none()
+        && filter.version.is_none();
+    by_name && (only_type || only_status)
+}
+
 /// One page of devices in the chosen order, with the total matching.
 pub async fn list(
     store: &Store,
@@ -664,7 +683,7 @@ pub async fn list(
     // (`q`) walks the whole fleet to fill a last page.
     let mut hint = "";
     let mut order_by = sort.order_by().to_string();
-    if matches!(store, Store::Sqlite(_)) && !filters.is_empty() {
+    if matches!(store, Store::Sqlite(_)) && !filters.is_empty() && !ordered_by_index(filter, sort) {
         let fleet: i64 = on_store!(store, pool => sqlx::query_scalar("SELECT COUNT(*) FROM devices")
             .fetch_one(pool).await)?;
         if walk_sort_index(fleet, total, page) {
