@@ -759,3 +759,90 @@ async fn the_overviews_kept_counts_equal_the_rows_through_every_kind_of_change()
         swept
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_text_in_names_through_the_index_and_without_it_alike() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    // Ten devices, so a text one device holds is rare enough for SQLite's trigram index
+    // and a text eight of them hold is read for instead: both ways must answer the same.
+    let names = [
+        "unit-00",
+        "unit-01",
+        "unit-02",
+        "unit-03",
+        "unit-04",
+        "unit-05",
+        "unit-06",
+        "unit-07",
+        "alpha-CAM-01",
+        "beta \"q\" 50%_x",
+    ];
+    let mut made = Vec::new();
+    for name in names {
+        let d = enroll(&app, &admin, "gateway").await;
+        patch(&app, &admin, &d.id, json!({"name": name})).await;
+        made.push(d.id);
+    }
+    let search = |q: &str| {
+        let q = q.to_string();
+        let app = &app;
+        let admin = &admin;
+        async move {
+            let query = format!("q={}&per_page=500", urlencode(&q));
+            let body = list(app, admin, &query).await;
+            let found = sorted(ids(&body));
+            assert_eq!(body["total"], found.len(), "{q}: {body}");
+            found
+        }
+    };
+    let with = |pick: &[usize]| sorted(pick.iter().map(|&i| made[i].clone()).collect());
+    assert_eq!(search("cam-0").await, with(&[8]), "rare text, any case");
+    assert_eq!(
+        search("unit").await,
+        with(&[0, 1, 2, 3, 4, 5, 6, 7]),
+        "common text"
+    );
+    assert_eq!(search("unit-03").await, with(&[3]));
+    assert_eq!(
+        search("\"q\" 50%_").await,
+        with(&[9]),
+        "quotes and LIKE's wildcards are text"
+    );
+    assert_eq!(
+        search("zzqq").await,
+        Vec::<String>::new(),
+        "text nobody holds"
+    );
+    assert_eq!(
+        search("ph").await,
+        with(&[8]),
+        "text shorter than a trigram"
+    );
+    assert_eq!(search(&made[4][4..20]).await, with(&[4]), "part of an id");
+
+    // A renamed device is found by its new name only.
+    patch(&app, &admin, &made[8], json!({"name": "delta-cam-09"})).await;
+    assert_eq!(search("alpha").await, Vec::<String>::new());
+    assert_eq!(search("delta-cam").await, with(&[8]));
+    assert_eq!(search("cam-0").await, with(&[8]));
+
+    // The dashboard's list searches the same way.
+    let password = operator_with_password(&app, "searcher", "viewer").await;
+    let (client, _) = sign_in(&app, "searcher", &password).await;
+    let (status, html) = page(&client, &app, "/devices?q=delta-cam").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(&made[8]) && !html.contains(&made[3]),
+        "{html}"
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

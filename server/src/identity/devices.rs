@@ -532,7 +532,7 @@ impl Where {
     /// versions are matched as `lookup` says.
     /// `sqlite`: SQLite's LIKE already ignores ASCII case, and LOWER() on three
     /// columns of every row triples the cost of a search.
-    fn of(filter: &Filter, lookup: Lookup, sqlite: bool) -> Where {
+    fn of(filter: &Filter, lookup: Lookup, sqlite: bool, trigrams: bool) -> Where {
         let mut args: Vec<String> = Vec::new();
         let mut arg = |v: &str| {
             args.push(v.to_string());
@@ -552,7 +552,14 @@ impl Where {
             conditions.push(lookup.condition("device_tags t", "t", &matches));
             lookups.push(("device_tags t", matches));
         }
-        if let Some(q) = &filter.q {
+        if let Some(q) = filter.q.as_ref().filter(|_| sqlite && trigrams) {
+            // SQLite: the trigram index (migration 0019) finds the text without reading
+            // every device (`search_by_trigrams` said it is selective enough).
+            let phrase = arg(&format!("\"{}\"", q.replace('"', "\"\"")));
+            conditions.push(format!(
+                "d.id IN (SELECT id FROM devices_search WHERE devices_search MATCH {phrase})"
+            ));
+        } else if let Some(q) = &filter.q {
             let p = arg(&format!("%{}%", like_escape(&q.to_lowercase())));
             let col = |c: &str| {
                 if sqlite {
@@ -658,6 +665,42 @@ fn ordered_by_index(filter: &Filter, sort: Sort) -> bool {
     by_name && (only_type || only_status)
 }
 
+/// Whether SQLite should find a search's text through the trigram index rather than by
+/// reading every device: when the text has a trigram no device holds (nothing matches), or
+/// its rarest trigram is held by at most an eighth of the fleet. Text shorter than a trigram
+/// is always read for. A broad text costs the index more than a scan (at 100,000 devices,
+/// "camera" in 45,000 names: 250 ms through the index, 26 ms scanning; "lisbon-500": 2 ms
+/// against 26 ms).
+async fn search_by_trigrams(pool: &sqlx::SqlitePool, q: &str) -> Result<bool> {
+    let chars: Vec<char> = q.to_lowercase().chars().collect();
+    let mut grams: Vec<String> = chars.windows(3).map(|w| w.iter().collect()).collect();
+    grams.sort();
+    grams.dedup();
+    if grams.is_empty() {
+        return Ok(false);
+    }
+    let marks = (1..=grams.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT doc FROM devices_search_terms WHERE term IN ({marks})");
+    let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+    for g in &grams {
+        query = query.bind(g);
+    }
+    let held = query.fetch_all(pool).await?;
+    if held.len() < grams.len() {
+        return Ok(true);
+    }
+    let fleet: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices")
+        .fetch_one(pool)
+        .await?;
+    Ok(held
+        .iter()
+        .min()
+        .is_some_and(|rarest| rarest.saturating_mul(8) <= fleet))
+}
+
 /// One page of devices in the chosen order, with the total matching.
 pub async fn list(
     store: &Store,
@@ -666,7 +709,11 @@ pub async fn list(
     page: Page,
 ) -> Result<(Vec<Device>, i64)> {
     let sqlite = matches!(store, Store::Sqlite(_));
-    let mut filters = Where::of(filter, Lookup::List, sqlite);
+    let trigrams = match (&filter.q, store) {
+        (Some(q), Store::Sqlite(pool)) => search_by_trigrams(pool, q).await?,
+        _ => false,
+    };
+    let mut filters = Where::of(filter, Lookup::List, sqlite, trigrams);
     let total: i64 = on_store!(store, pool => {
         let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(filters.count.clone()));
         for a in &filters.args {
@@ -688,7 +735,7 @@ pub async fn list(
             .fetch_one(pool).await)?;
         if walk_sort_index(fleet, total, page) {
             hint = sort.index_hint();
-            filters = Where::of(filter, Lookup::Probe, sqlite);
+            filters = Where::of(filter, Lookup::Probe, sqlite, trigrams);
         } else {
             order_by = format!("+{order_by}");
         }
@@ -1029,7 +1076,7 @@ mod tests {
 
     #[test]
     fn only_the_given_filters_become_conditions() {
-        let none = Where::of(&Filter::default(), Lookup::List, false);
+        let none = Where::of(&Filter::default(), Lookup::List, false, false);
         assert!(none.is_empty() && none.args.is_empty());
         assert_eq!(none.count.trim(), "SELECT COUNT(*) FROM devices d");
         let filter = Filter {
@@ -1041,7 +1088,7 @@ mod tests {
             q: Some("Cam_1%".into()),
             ..Filter::default()
         };
-        let w = Where::of(&filter, Lookup::List, false);
+        let w = Where::of(&filter, Lookup::List, false, false);
         assert_eq!(
             w.sql,
             "WHERE d.status = $1 AND (LOWER(d.id) LIKE $2 ESCAPE '\\' OR LOWER(d.name) LIKE $2 ESCAPE '\\' OR LOWER(d.hostname) LIKE $2 ESCAPE '\\') \
@@ -1049,7 +1096,7 @@ mod tests {
         );
         assert_eq!(w.args, ["accepted", "%cam\\_1\\%%", "detector"]);
         assert_eq!(w.count, format!("SELECT COUNT(*) FROM devices d {}", w.sql));
-        let probed = Where::of(&filter, Lookup::Probe, false);
+        let probed = Where::of(&filter, Lookup::Probe, false, false);
         assert!(
             probed.sql.ends_with(
                 "EXISTS (SELECT 1 FROM device_versions v WHERE v.device_id = d.id AND v.name = $3)"
@@ -1065,6 +1112,7 @@ mod tests {
             },
             Lookup::List,
             true,
+            false,
         );
         assert_eq!(
             alone.count,
