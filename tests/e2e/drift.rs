@@ -1,13 +1,15 @@
 //! Drift scores from real readings over MQTT: a device whose readings move
 //! after its baseline is flagged, a steady one is not, per device, per
-//! installed version and as an alert rule's condition; too little data gives
-//! no score and says why.
+//! installed version, as an alert rule's condition and on the dashboard's
+//! device and fleet pages; too little data gives no score and says why.
 
 use std::time::Duration;
 
 use drover_tests::*;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
+
+use crate::dashboard::{operator_with_password, sign_in};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -39,8 +41,19 @@ async fn connect(app: &TestApp, d: &EnrolledDevice) -> AsyncClient {
 /// (the device never updated, so the baseline is the week before the last
 /// hour), then the last 40 minutes with every value multiplied by `recent_factor`.
 async fn publish(c: &AsyncClient, d: &EnrolledDevice, now: i64, recent_factor: f64) {
-    let baseline = (0..BASELINE_MINUTES).map(|i| (now - 2 * 3_600_000 - i * MINUTE, level(i)));
-    let recent = (0..RECENT_MINUTES).map(|i| (now - 30_000 - i * MINUTE, level(i) * recent_factor));
+    publish_minutes(c, d, now, (BASELINE_MINUTES, RECENT_MINUTES), recent_factor).await;
+}
+
+/// [`publish`] with `baseline` and `recent` minutes of readings.
+async fn publish_minutes(
+    c: &AsyncClient,
+    d: &EnrolledDevice,
+    now: i64,
+    (baseline, recent): (i64, i64),
+    recent_factor: f64,
+) {
+    let baseline = (0..baseline).map(|i| (now - 2 * 3_600_000 - i * MINUTE, level(i)));
+    let recent = (0..recent).map(|i| (now - 30_000 - i * MINUTE, level(i) * recent_factor));
     let batch: Vec<Value> = baseline
         .chain(recent)
         .enumerate()
@@ -252,4 +265,182 @@ async fn a_drift_injected_into_one_devices_readings_is_flagged_and_a_steady_one_
         0,
         "the steady device is quiet"
     );
+}
+
+/// The table row whose opening tag holds `marker`, up to its `</tr>`.
+fn row<'a>(html: &'a str, marker: &str) -> &'a str {
+    let start = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("a row with {marker} in:\n{html}"));
+    let end = html[start..]
+        .find("</tr>")
+        .map_or(html.len(), |e| start + e);
+    &html[start..end]
+}
+
+/// The text of each `<td>` of a row, tags left out.
+fn cells(row: &str) -> Vec<String> {
+    row.split("<td")
+        .skip(1)
+        .map(|c| {
+            let c = &c[c.find('>').map_or(0, |i| i + 1)..];
+            let mut text = String::new();
+            let mut in_tag = false;
+            for ch in c.split("</td>").next().unwrap_or("").chars() {
+                match ch {
+                    '<' => in_tag = true,
+                    '>' => in_tag = false,
+                    ch if !in_tag => text.push(ch),
+                    _ => {}
+                }
+            }
+            text.trim().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_flags_drift_on_the_moved_devices_page_and_per_version_only() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let steady = app.enrolled_device(&admin).await;
+    let moved = app.enrolled_device(&admin).await;
+    let sparse = app.enrolled_device(&admin).await;
+    let (cs, cm, cf) = (
+        connect(&app, &steady).await,
+        connect(&app, &moved).await,
+        connect(&app, &sparse).await,
+    );
+    let now = now_ms();
+    publish(&cs, &steady, now, 1.0).await;
+    publish(&cm, &moved, now, 1.4).await;
+    // Ten minutes of readings, no baseline: too few for a score.
+    publish_minutes(&cf, &sparse, now, (0, 10), 1.0).await;
+    report(&cs, &steady, "1.0.0").await;
+    report(&cm, &moved, "2.0.0").await;
+    report(&cf, &sparse, "1.0.0").await;
+
+    let stored = wait_until(Duration::from_secs(30), || async {
+        let mut all = true;
+        for (d, recent, baseline) in [
+            (&steady, RECENT_MINUTES, BASELINE_MINUTES),
+            (&moved, RECENT_MINUTES, BASELINE_MINUTES),
+            (&sparse, 10, 0),
+        ] {
+            let v = drift(&app, &admin, &d.id, "metric=temp_c").await;
+            all &= v["recent"]["buckets"] == recent && v["baseline"]["buckets"] == baseline;
+        }
+        let fleet: Value = app
+            .get(
+                &admin,
+                "/api/v1/fleet/drift?metric=temp_c&group_by=version:firmware",
+            )
+            .await
+            .json()
+            .await
+            .expect("fleet drift");
+        all && fleet["groups"].as_array().is_some_and(|g| g.len() == 2)
+    })
+    .await;
+    assert!(stored, "every reading and version reached the store");
+    let api = drift(&app, &admin, &moved.id, "metric=temp_c").await;
+    let score = format!("{:.2}", api["score"].as_f64().expect("a score"));
+
+    let password = operator_with_password(&app, "drift-watcher", "viewer").await;
+    let (client, res) = sign_in(&app, "drift-watcher", &password).await;
+    assert_eq!(res.status(), 303);
+    let page = |path: String| {
+        let client = &client;
+        let app = &app;
+        async move {
+            let res = client.get(app.url(&path)).send().await.expect("page");
+            assert_eq!(res.status(), 200, "{path}");
+            res.text().await.expect("html")
+        }
+    };
+
+    // Columns: metric, PSI, verdict, recent window, its minutes, baseline window, its minutes.
+    let html = page(format!("/devices/{}", moved.id)).await;
+    assert!(html.contains("id=\"drift-explained\""), "{html}");
+    assert!(html.contains("Over 0.25 is flagged as drift"), "{html}");
+    let r = row(&html, "data-metric=\"temp_c\"");
+    assert!(r.contains("data-drifted=\"true\""), "{r}");
+    assert!(
+        r.contains("<strong class=\"warn-text\">drift</strong>"),
+        "flagged in words: {r}"
+    );
+    let c = cells(r);
+    assert_eq!(c[0], "temp_c");
+    assert_eq!(c[1], score, "the API's score, two decimals: {r}");
+    assert_eq!(c[2], "drift");
+    assert_eq!((c[4].as_str(), c[6].as_str()), ("40", "200"), "{r}");
+    assert!(
+        c[3].contains(" to ") && c[5].contains(" to "),
+        "both windows' spans: {r}"
+    );
+
+    // live.js's refetches swap only the data-live sections, so they skip scoring.
+    let live = client
+        .get(app.url(&format!("/devices/{}", moved.id)))
+        .header("X-Drover-Live", "1")
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(live.contains("id=\"latest-values\""), "{live}");
+    assert!(!live.contains("id=\"drift\""), "{live}");
+
+    let html = page(format!("/devices/{}", steady.id)).await;
+    let r = row(&html, "data-metric=\"temp_c\"");
+    assert!(r.contains("data-drifted=\"false\""), "{r}");
+    assert!(!html.contains(">drift</strong>"), "steady is not flagged");
+    let c = cells(r);
+    assert!(
+        c[1].parse::<f64>().is_ok_and(|s| s < 0.1),
+        "a low score: {r}"
+    );
+    assert_eq!(c[2], "steady");
+
+    let html = page(format!("/devices/{}", sparse.id)).await;
+    let r = row(&html, "data-metric=\"temp_c\"");
+    assert!(!html.contains(">drift</strong>"), "no score, no flag");
+    let c = cells(r);
+    assert_eq!(c[1], "none", "{r}");
+    assert!(
+        c[2].contains(
+            "not enough data: 10 of the 30 minutes with readings needed in the recent window, 0 in the baseline"
+        ),
+        "the reason: {r}"
+    );
+    assert_eq!((c[4].as_str(), c[6].as_str()), ("10", "0"), "{r}");
+
+    // Per version: devices, scored, drifting, mean PSI.
+    // Scoring every device is costly: the page offers it and scores when asked.
+    let html = page("/fleet?metric=temp_c&group_by=version%3Afirmware&window=1h".into()).await;
+    assert!(html.contains("id=\"fleet-drift-offer\""), "{html}");
+    assert!(!html.contains("id=\"drift-groups\""), "{html}");
+    let html =
+        page("/fleet?metric=temp_c&group_by=version%3Afirmware&window=1h&drift=1".into()).await;
+    assert!(html.contains("id=\"drift-groups\""), "{html}");
+    assert!(!html.contains("id=\"fleet-drift-offer\""), "{html}");
+    assert!(
+        html.contains("A score over 0.25 is drift"),
+        "the statistic and threshold explained"
+    );
+    let old = cells(row(&html, "data-version=\"1.0.0\""));
+    assert_eq!(old[..3], ["2", "1", "0"], "the sparse device is not scored");
+    assert!(
+        old[3].parse::<f64>().is_ok_and(|s| s < 0.1),
+        "the steady device's score: {old:?}"
+    );
+    let new = row(&html, "data-version=\"2.0.0\"");
+    assert!(new.contains("1 drifting</strong>"), "{new}");
+    assert_eq!(cells(new)[3], score, "one device: its score is the mean");
+    // Drift is per installed version only.
+    let html = page("/fleet?metric=temp_c&group_by=device_type&window=1h".into()).await;
+    assert!(html.contains("id=\"fleet-groups\""), "{html}");
+    assert!(!html.contains("id=\"fleet-drift\""), "{html}");
+    assert!(!html.contains("id=\"fleet-drift-offer\""), "{html}");
 }

@@ -163,6 +163,9 @@ async fn markup_from_users_and_devices_is_text_on_every_page() {
         "/rollouts".to_string(),
         format!("/rollouts/{rollout_id}"),
         "/audit".to_string(),
+        // Grouped by the reported bundle's version, with its drift table.
+        "/fleet".to_string(),
+        "/fleet?drift=1".to_string(),
     ];
     let mut shown = String::new();
     for path in &pages {

@@ -1,8 +1,9 @@
 //! Devices in the dashboard: the list with filters and paging, a device's
 //! page with its identity, certificates, latest values, health, installed
-//! versions, update history, events, alerts and charts (whose data, with the
-//! alerts to mark on them, the page fetches from `/devices/{id}/series` and
-//! then grows from the live readings), and the operator's actions.
+//! versions, update history, events, alerts, drift scores and charts (whose
+//! data, with the alerts to mark on them, the page fetches from
+//! `/devices/{id}/series` and then grows from the live readings), and the
+//! operator's actions.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, get, post, web};
@@ -14,6 +15,7 @@ use super::{Nav, WebError, html, html_status, see_other};
 use crate::alerts::{self, Alert};
 use crate::audit;
 use crate::error::Error;
+use crate::fleet::drift::{self, DeviceDrift};
 use crate::http::AppState;
 use crate::http::api::DeviceQuery;
 use crate::http::auth::{Mutation, WebUser};
@@ -167,6 +169,8 @@ struct DevicePage {
     /// Changes whenever an alert of the device fires or resolves, so the
     /// charts (static/charts.js) fetch their alert marks again only then.
     alerts_key: String,
+    /// Absent on a live refresh, which swaps only the `data-live` sections.
+    drift: Option<DriftSection>,
     range: ChartRange,
     ranges: [ChartRange; 3],
     error: Option<String>,
@@ -186,6 +190,71 @@ impl DevicePage {
             _ => "Loading charts…",
         }
     }
+
+    /// A drift score as the page shows it: two decimals.
+    fn drift_score(&self, score: &f64) -> String {
+        format!("{score:.2}")
+    }
+
+    /// A window's time to the minute, for the drift table ("2026-12-06
+    /// 09:44"); the exact time is in the `<time>` element's attribute.
+    fn drift_minute(&self, rfc3339: &str) -> String {
+        rfc3339.get(..16).unwrap_or(rfc3339).replacen('T', " ", 1)
+    }
+
+    /// The drift threshold, for the explanation.
+    fn drift_threshold(&self) -> f64 {
+        drift::THRESHOLD
+    }
+
+    /// Minutes with readings each window needs, for the explanation.
+    fn drift_min_minutes(&self) -> usize {
+        drift::MIN_BUCKETS
+    }
+}
+
+/// Metrics the page scores for drift at most. Each score costs four queries,
+/// one of them reading up to a week of the metric's minute rollups (10,080
+/// rows), so a device with dozens of metrics would slow every view of its
+/// page; the API scores any metric.
+const DRIFT_METRICS: usize = 8;
+
+/// The window the page scores drift over: the last hour, as alert rules on
+/// `drift.METRIC` do.
+const DRIFT_WINDOW: drift::Window = drift::Window::Hour;
+
+/// The page's drift section: the device's metrics, each scored.
+struct DriftSection {
+    scores: Vec<DeviceDrift>,
+    /// Metrics the device reports beyond the scored ones.
+    unscored: usize,
+}
+
+/// Scores the device's metrics for drift: those with readings in the last
+/// hour first (only they can have a score), then by name, at most
+/// [`DRIFT_METRICS`].
+async fn drift_section(
+    state: &AppState,
+    id: &str,
+    latest: &[LatestView],
+    now: i64,
+) -> Result<DriftSection, Error> {
+    let mut metrics: Vec<&LatestView> = latest.iter().collect();
+    metrics.sort_by_key(|l| !l.recent);
+    let mut scores = Vec::with_capacity(metrics.len().min(DRIFT_METRICS));
+    for l in metrics.into_iter().take(DRIFT_METRICS) {
+        scores.push(drift::device(&state.store, id, &l.metric, DRIFT_WINDOW, now).await?);
+    }
+    Ok(DriftSection {
+        scores,
+        unscored: latest.len().saturating_sub(DRIFT_METRICS),
+    })
+}
+
+/// Whether the request is static/live.js fetching the page again to swap its
+/// `data-live` sections (the drift section is not one of them).
+fn live_refresh(req: &HttpRequest) -> bool {
+    req.headers().contains_key("x-drover-live")
 }
 
 /// How many updates and events the page lists; the API has them all.
@@ -257,12 +326,12 @@ impl UpdateRow {
 
 async fn render_device(
     state: &AppState,
+    req: &HttpRequest,
     who: &WebUser,
     id: &str,
     range: ChartRange,
     status: StatusCode,
-    error: Option<String>,
-    notice: Option<String>,
+    (error, notice): (Option<String>, Option<String>),
 ) -> Result<HttpResponse, WebError> {
     let device = views::device(&state.store, id).await?;
     let now = now_ms();
@@ -272,6 +341,11 @@ async fn render_device(
         .map(|c: &DeviceCertificate| CertificateView::new(c, now))
         .collect();
     let latest = telemetry::latest(&state.store, id, now).await?;
+    let drift = if live_refresh(req) {
+        None
+    } else {
+        Some(drift_section(state, id, &latest, now).await?)
+    };
     let health = telemetry::health(&state.store, id, now).await?;
     let updates = updates::history(&state.store, id, i64::from(PAGE_ROWS))
         .await?
@@ -315,6 +389,7 @@ async fn render_device(
             events_total,
             alerts,
             alerts_key,
+            drift,
             range,
             ranges: ChartRange::ALL,
             error,
@@ -332,6 +407,7 @@ struct DevicePageQuery {
 #[get("/devices/{id}")]
 async fn device_page(
     state: web::Data<AppState>,
+    req: HttpRequest,
     who: WebUser,
     id: web::Path<String>,
     query: web::Query<DevicePageQuery>,
@@ -354,7 +430,7 @@ async fn device_page(
             Some(e.to_string()),
         ),
     };
-    render_device(&state, &who, &id, range, status, error, notice).await
+    render_device(&state, &req, &who, &id, range, status, (error, notice)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,12 +519,12 @@ async fn act(
         Err(e @ (Error::Conflict(_) | Error::Invalid { .. })) => {
             render_device(
                 state,
+                req,
                 who,
                 id,
                 ChartRange::default(),
                 StatusCode::CONFLICT,
-                Some(e.to_string()),
-                None,
+                (Some(e.to_string()), None),
             )
             .await
         }

@@ -1,5 +1,6 @@
 //! The fleet metrics page: one metric compared across versions, device
-//! types or tag values, as a chart and a table (see `crate::fleet::metrics`).
+//! types or tag values, as a chart and a table (see `crate::fleet::metrics`),
+//! and, grouped by version, each version's drift scores (`crate::fleet::drift`).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, get, web};
@@ -8,6 +9,7 @@ use serde::Deserialize;
 
 use super::{Nav, WebError, html_status};
 use crate::error::Error;
+use crate::fleet::drift::{self, FleetDrift};
 use crate::fleet::metrics::{self, Choices, FleetMetrics, GroupBy, MetricName, Window};
 use crate::http::AppState;
 use crate::http::auth::WebUser;
@@ -33,6 +35,9 @@ struct FleetForm {
     group_by: String,
     #[serde(default)]
     window: String,
+    /// `1`: also score each version's drift (as costly as `/api/v1/fleet/drift`).
+    #[serde(default)]
+    drift: String,
 }
 
 #[derive(Template)]
@@ -45,6 +50,10 @@ struct FleetPage {
     window: &'static str,
     windows: &'static [(&'static str, &'static str, i64)],
     answer: Option<FleetMetrics>,
+    /// Present when grouped by version, asked for, and the metrics answered.
+    drift: Option<FleetDrift>,
+    /// Grouped by version without drift asked for: the page offers to score it.
+    offer_drift: bool,
     error: Option<String>,
 }
 
@@ -95,6 +104,24 @@ impl FleetPage {
         let s = s.trim_end_matches('0').trim_end_matches('.');
         if s == "-0" { "0".into() } else { s.to_string() }
     }
+
+    /// A drift score as the page shows it: two decimals.
+    fn score(&self, v: &f64) -> String {
+        format!("{v:.2}")
+    }
+
+    /// The window chosen, in words ("last hour").
+    fn window_label(&self) -> String {
+        self.windows
+            .iter()
+            .find(|(w, _, _)| *w == self.window)
+            .map_or_else(String::new, |(_, label, _)| label.to_lowercase())
+    }
+
+    /// Minutes with readings each drift window needs, for the explanation.
+    fn drift_min_minutes(&self) -> usize {
+        drift::MIN_BUCKETS
+    }
 }
 
 #[get("/fleet")]
@@ -126,8 +153,11 @@ async fn fleet_page(
         window,
         windows: WINDOWS,
         answer: None,
+        drift: None,
+        offer_drift: false,
         error: None,
     };
+    let want_drift = form.drift == "1";
     if page.metric.is_empty() {
         // Nothing stored yet: the page explains that instead of an error.
         return html_status(StatusCode::OK, &page);
@@ -137,12 +167,26 @@ async fn fleet_page(
         let group_by = GroupBy::parse("group_by", &page.group_by)?;
         let now = now_ms();
         let window = Window::new(Some(now - span), Some(now), now)?;
-        metrics::compare(&state.store, &state.catalog, &metric, &group_by, window).await
+        let answer =
+            metrics::compare(&state.store, &state.catalog, &metric, &group_by, window).await?;
+        // Drift is scored per device on its installed version, the API's
+        // /fleet/drift answer: as costly (up to drift::MAX_FLEET_DEVICES
+        // devices, several queries each), so only when asked for.
+        let drift = match &group_by {
+            GroupBy::Version(bundle) if want_drift => {
+                let window = drift::Window::parse("window", Some(page.window))?;
+                Some(drift::fleet(&state.store, metric.as_str(), bundle, window, now).await?)
+            }
+            _ => None,
+        };
+        Ok::<_, Error>((answer, drift))
     }
     .await;
     match answer {
-        Ok(a) => {
+        Ok((a, d)) => {
             page.answer = Some(a);
+            page.offer_drift = d.is_none() && page.group_by.starts_with("version:");
+            page.drift = d;
             html_status(StatusCode::OK, &page)
         }
         Err(e @ Error::Invalid { .. }) => {
