@@ -647,22 +647,15 @@ fn walk_sort_index(fleet: i64, matching: i64, page: Page) -> bool {
 }
 
 /// Whether one index holds exactly the filter's devices in the sort's order (migration 0018:
-/// a type or a status, by name), so SQLite reads the page off it with no hint.
+/// a type, by name), so SQLite reads the page off it with no hint.
 fn ordered_by_index(filter: &Filter, sort: Sort) -> bool {
-    let by_name = matches!(sort, Sort::Name | Sort::NameDesc);
-    let only_type = filter.device_type.is_some()
+    matches!(sort, Sort::Name | Sort::NameDesc)
+        && filter.device_type.is_some()
         && filter.status.is_none()
         && filter.tag.is_none()
         && filter.q.is_none()
         && filter.presence.is_none()
-        && filter.version.is_none();
-    let only_status = filter.status.is_some()
-        && filter.device_type.is_none()
-        && filter.tag.is_none()
-        && filter.q.is_none()
-        && filter.presence.is_none()
-        && filter.version.is_none();
-    by_name && (only_type || only_status)
+        && filter.version.is_none()
 }
 
 /// Whether SQLite should find a search's text through the trigram index rather than by
@@ -745,12 +738,39 @@ pub async fn list(
         .map(|c| format!("d.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let items_sql = format!(
-        "SELECT {columns} FROM devices d {hint} {} ORDER BY {order_by} LIMIT {} OFFSET {}",
-        filters.sql,
-        page.limit(),
-        page.offset()
-    );
+    let items_sql = if order_by.starts_with('+') {
+        // Sorting every match: sort only their ids and sort keys, then read the page's
+        // rows (a tag's 12,000 devices at 100,000: 38 ms sorting whole rows, under 20 ms
+        // this way); by name, migration 0018's (id, name) index holds both.
+        // Only ids looked up elsewhere (tags, versions, the trigram index) and a name order:
+        // the (id, name) index answers without reading a row.
+        let by_id_and_name = matches!(sort, Sort::Name | Sort::NameDesc)
+            && filter.status.is_none()
+            && filter.device_type.is_none()
+            && filter.presence.is_none()
+            && (filter.q.is_none() || trigrams);
+        let inner_hint = if by_id_and_name {
+            "INDEXED BY devices_id_name"
+        } else {
+            ""
+        };
+        format!(
+            "SELECT {columns} FROM devices d WHERE d.id IN (
+               SELECT d.id FROM devices d {inner_hint} {} ORDER BY {order_by} LIMIT {} OFFSET {})
+             ORDER BY {}",
+            filters.sql,
+            page.limit(),
+            page.offset(),
+            sort.order_by()
+        )
+    } else {
+        format!(
+            "SELECT {columns} FROM devices d {hint} {} ORDER BY {order_by} LIMIT {} OFFSET {}",
+            filters.sql,
+            page.limit(),
+            page.offset()
+        )
+    };
     let items = on_store!(store, pool => {
         let mut q = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(items_sql));
         for a in &filters.args {
