@@ -14,6 +14,7 @@ mod bundles;
 mod bundles_agent;
 mod cli;
 mod dashboard;
+mod deploy;
 mod device_page;
 mod devices_list;
 mod drift;
