@@ -45,6 +45,21 @@ enum Command {
     /// Sign bundle manifests offline.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Write one archive with the SQLite database, the keys and the secrets (the server may run).
+    Backup {
+        /// The archive to write (a new file, mode 0600); keep it encrypted and offline.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore an archive from `drover backup` into the data directory (the server stopped).
+    Restore {
+        /// The archive `drover backup` wrote.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Replace a data directory (and SQLite file) that is not empty; blobs/ is kept.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +203,8 @@ pub fn main() -> ExitCode {
                 approval,
             }) => create_token(settings, uses, &expires, device_types, &tags, approval).await,
             Command::Keys(command) => keys_command(settings, command).await,
+            Command::Backup { out } => backup(settings, &out).await,
+            Command::Restore { from, force } => restore(settings, &from, force).await,
             Command::Trust(TrustCommand::Sign {
                 root_keys,
                 document,
@@ -240,6 +257,15 @@ impl From<crate::error::Error> for Failure {
         };
         Failure {
             code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::backup::BackupError> for Failure {
+    fn from(e: crate::backup::BackupError) -> Self {
+        Failure {
+            code: e.exit_code(),
             message: e.to_string(),
         }
     }
@@ -556,5 +582,59 @@ fn trust_sign(root_keys: &[PathBuf], document: &std::path::Path) -> Result<(), F
     })?;
     let envelope = crate::keys::sign_offline(&bytes, root_keys)?;
     println!("{}", envelope.to_json());
+    Ok(())
+}
+
+async fn backup(settings: Settings, out: &std::path::Path) -> Result<(), Failure> {
+    let manifest = crate::backup::backup(&settings, out).await?;
+    let keys = manifest
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("data/"))
+        .count();
+    let migration = manifest
+        .migration_version
+        .map(|v| format!(" at migration {v}"))
+        .unwrap_or_default();
+    if manifest.database.is_some() {
+        println!(
+            "wrote {}: the SQLite database{migration} and {keys} files of keys and secrets. \
+             Keep it encrypted and offline: it holds the fleet CA and the signing keys.",
+            out.display()
+        );
+    } else {
+        println!(
+            "wrote {}: {keys} files of keys and secrets. The PostgreSQL database{migration} is \
+             NOT in it: dump it with `pg_dump --format=custom` before taking this archive (see \
+             docs/OPERATIONS.md). Keep both encrypted and offline.",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+async fn restore(settings: Settings, from: &std::path::Path, force: bool) -> Result<(), Failure> {
+    let restored = crate::backup::restore(&settings, from, force).await?;
+    let m = &restored.manifest;
+    let what = if m.database.is_some() {
+        "the SQLite database, keys and secrets"
+    } else {
+        "keys and secrets"
+    };
+    println!(
+        "restored {what} from {} (drover {}, {}) into {}.",
+        from.display(),
+        m.drover_version,
+        m.created_at,
+        restored.data_dir.display()
+    );
+    if m.database.is_none() {
+        println!(
+            "The backup holds no database ({}): restore the pg_dump taken with it (pg_restore) \
+             into the database DROVER_DATABASE_URL names before starting the server.",
+            m.backend
+        );
+    }
+    println!("Start the server; migrations newer than the backup run at start.");
     Ok(())
 }

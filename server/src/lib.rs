@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod artifacts;
 pub mod audit;
+pub mod backup;
 pub mod blobs;
 pub mod bundles;
 pub mod cli;

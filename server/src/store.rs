@@ -142,6 +142,16 @@ impl Store {
     }
 }
 
+/// The newest migration this build knows for a backend (`sqlite` or `postgres`).
+pub fn latest_migration(backend: &str) -> Option<i64> {
+    let migrator = match backend {
+        "sqlite" => sqlx::migrate!("../migrations/sqlite"),
+        "postgres" => sqlx::migrate!("../migrations/postgres"),
+        _ => return None,
+    };
+    migrator.iter().map(|m| m.version).max()
+}
+
 /// Connection counts of the pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolStats {

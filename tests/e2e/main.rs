@@ -8,6 +8,7 @@ mod alerts;
 mod api_conventions;
 mod audit;
 mod auth;
+mod backup;
 mod blobs_s3;
 mod browser;
 mod bundles;

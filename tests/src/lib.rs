@@ -213,6 +213,18 @@ impl StoppedApp {
         .await
     }
 
+    /// Starts the server on new ports with changed settings (a restored data directory and
+    /// database, say), keeping this app's database and scratch directory alive.
+    pub async fn start_changed(self, change: impl FnOnce(&mut Settings)) -> TestApp {
+        self.start_with(|s| {
+            s.http_listen.set_port(0);
+            s.device_listen.set_port(0);
+            s.mqtt_listen.set_port(0);
+            change(s);
+        })
+        .await
+    }
+
     async fn start_with(self, listen: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = self.settings.clone();
         listen(&mut settings);
