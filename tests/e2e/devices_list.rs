@@ -76,22 +76,7 @@ impl Session {
 
 /// Enrolls a device of a type through a token of its own.
 async fn enroll(app: &TestApp, admin: &str, device_type: &str) -> EnrolledDevice {
-    let token = app.enrollment_token(admin, json!({"uses": 1})).await;
-    let key = drover_tests::DeviceKey::new();
-    let res = app
-        .enroll(token["token"].as_str().expect("token"), &key, device_type)
-        .await;
-    assert_eq!(res.status(), 201);
-    let answer: Value = res.json().await.expect("json");
-    EnrolledDevice {
-        id: answer["device_id"].as_str().expect("id").to_string(),
-        key_pem: key.key_pem(),
-        cert_pem: answer["certificate_pem"]
-            .as_str()
-            .expect("cert")
-            .to_string(),
-        ca_pem: app.ca_pem.clone(),
-    }
+    app.enrolled_device_of_type(admin, device_type).await
 }
 
 async fn patch(app: &TestApp, admin: &str, id: &str, body: Value) {

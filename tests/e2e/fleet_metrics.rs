@@ -7,9 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_tests::{
-    DeviceKey, EnrolledDevice, TestApp, mqtt_connect, problem, spawn_app, wait_until,
-};
+use drover_tests::{EnrolledDevice, TestApp, mqtt_connect, problem, spawn_app, wait_until};
 use rumqttc::QoS;
 use serde_json::{Value, json};
 
@@ -26,26 +24,7 @@ fn now_ms() -> i64 {
 
 /// Enrolls a device of `device_type` with `tags` (set through the API afterwards).
 async fn device(app: &TestApp, admin: &str, device_type: &str, tags: Value) -> EnrolledDevice {
-    let d = if device_type == "rpi4" {
-        app.enrolled_device(admin).await
-    } else {
-        let token = app.enrollment_token(admin, json!({"uses": 1})).await;
-        let key = DeviceKey::new();
-        let res = app
-            .enroll(token["token"].as_str().expect("token"), &key, device_type)
-            .await;
-        assert_eq!(res.status(), 201);
-        let answer: Value = res.json().await.expect("json");
-        EnrolledDevice {
-            id: answer["device_id"].as_str().expect("id").to_string(),
-            key_pem: key.key_pem(),
-            cert_pem: answer["certificate_pem"]
-                .as_str()
-                .expect("cert")
-                .to_string(),
-            ca_pem: app.ca_pem.clone(),
-        }
-    };
+    let d = app.enrolled_device_of_type(admin, device_type).await;
     let res = app
         .client
         .patch(app.url(&format!("/api/v1/devices/{}", d.id)))

@@ -734,10 +734,15 @@ impl TestApp {
 
     /// Enrolls a new device through the device API and answers its identity.
     pub async fn enrolled_device(&self, admin: &str) -> EnrolledDevice {
+        self.enrolled_device_of_type(admin, "rpi4").await
+    }
+
+    /// Enrolls a new device of `device_type` through a token of its own.
+    pub async fn enrolled_device_of_type(&self, admin: &str, device_type: &str) -> EnrolledDevice {
         let token = self.enrollment_token(admin, json!({"uses": 1})).await;
         let key = DeviceKey::new();
         let res = self
-            .enroll(token["token"].as_str().expect("token"), &key, "rpi4")
+            .enroll(token["token"].as_str().expect("token"), &key, device_type)
             .await;
         assert_eq!(res.status(), 201);
         let answer: Value = res.json().await.expect("json");
