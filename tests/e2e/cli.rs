@@ -208,6 +208,28 @@ fn serve_starts_prints_the_admin_password_once_and_stops_on_sigterm() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert!(ports.exists(), "ports.json written");
+        // ports.json is written before the HTTP server runs and takes over SIGTERM: wait
+        // until it answers, so the signal asks for the graceful stop under test.
+        let http = std::fs::read_to_string(&ports)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["http"].as_str().map(str::to_owned))
+            .expect("ports.json names the http address");
+        let answers = || {
+            use std::io::Read as _;
+            let Ok(mut stream) = std::net::TcpStream::connect(&http) else {
+                return false;
+            };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut reply = [0u8; 12];
+            stream
+                .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+                .and_then(|()| stream.read_exact(&mut reply))
+                .is_ok_and(|()| reply.starts_with(b"HTTP/1.") && reply.ends_with(b" 200"))
+        };
+        while !answers() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
