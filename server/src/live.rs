@@ -206,7 +206,9 @@ async fn pump(
         return;
     }
     let mut dirty = Dirty::default();
-    let mut flush = tokio::time::interval(COALESCE);
+    // The first note waits a full period too: an immediate first tick would
+    // split a burst that arrives with the connection into two notes.
+    let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + COALESCE, COALESCE);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle = tokio::time::Instant::now();
     loop {
@@ -286,7 +288,9 @@ mod tests {
         String::from_utf8(chunk.to_vec()).unwrap()
     }
 
-    #[tokio::test]
+    // Paused time: the coalescing period passes only when both sides wait, so
+    // a slow machine cannot slip a tick between the test's sends.
+    #[tokio::test(start_paused = true)]
     async fn a_device_page_gets_its_readings_and_coalesced_refreshes() {
         let live = Live::default();
         let mut s = Box::pin(live.stream(Focus {
