@@ -1,5 +1,5 @@
 //! One leader among several servers sharing a store: background work that
-//! must run once (the rollout engine, webhook deliveries) holds a lock
+//! must run once (the rollout engine, alert judging, webhook deliveries) holds a lock
 //! first. On SQLite the store belongs to one server process, which holds it;
 //! on PostgreSQL an advisory lock on a dedicated connection does, and is
 //! lost the moment that connection drops.
@@ -13,8 +13,10 @@ pub enum Hold {
     Process,
     /// A PostgreSQL session holding the advisory lock `key`.
     Advisory {
-        /// The session.
-        conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+        /// The session, out of the pool: dropping it (a task that panics or is
+        /// cancelled) closes it, and PostgreSQL frees the lock, where a pooled
+        /// session would go back to the pool still holding it.
+        conn: sqlx::PgConnection,
         /// The lock.
         key: i64,
     },
@@ -31,7 +33,10 @@ impl Hold {
                     .bind(key)
                     .fetch_one(&mut *conn)
                     .await?;
-                Ok(got.then_some(Hold::Advisory { conn, key }))
+                Ok(got.then(|| Hold::Advisory {
+                    conn: conn.detach(),
+                    key,
+                }))
             }
         }
     }
@@ -40,9 +45,7 @@ impl Hold {
     pub async fn alive(&mut self) -> bool {
         match self {
             Hold::Process => true,
-            Hold::Advisory { conn, .. } => {
-                sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok()
-            }
+            Hold::Advisory { conn, .. } => sqlx::query("SELECT 1").execute(conn).await.is_ok(),
         }
     }
 
@@ -51,10 +54,10 @@ impl Hold {
         if let Hold::Advisory { mut conn, key } = self {
             let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(key)
-                .execute(&mut *conn)
+                .execute(&mut conn)
                 .await;
-            // The session may still hold the lock if the unlock failed: never return it to the pool.
-            let _ = conn.detach();
+            // Closing the session frees the lock even if the unlock failed.
+            let _ = sqlx::Connection::close(conn).await;
         }
     }
 }

@@ -303,6 +303,16 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
     let tls = http::device::tls_config(&identity, &settings.public_hostnames, false)?;
 
     let live = crate::live::Live::default();
+    // Names this process among replicas: the rollout lease's holder, and the origin that
+    // tells a replica its own live notifications apart. A fresh one per start is enough.
+    let instance = uuid::Uuid::now_v7().simple().to_string();
+    // Replicas sharing PostgreSQL show each other's changes.
+    let relay_tasks = match &store {
+        crate::store::Store::Postgres(pool) => {
+            crate::live::relay::start(&live, pool.clone(), instance.clone())
+        }
+        crate::store::Store::Sqlite(_) => Vec::new(),
+    };
     let catalog = Arc::new(Catalog::default());
     let ingest_metrics = Arc::new(IngestMetrics::default());
     let (ingest_tx, ingest_rx) = tokio::sync::mpsc::channel(10_000);
@@ -423,6 +433,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             mqtt.clone(),
             rollout_wake,
             live.clone(),
+            instance,
         )),
         tokio::spawn(crate::telemetry::retention::run(
             store.clone(),
@@ -438,6 +449,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
     ];
     background.extend(sync_task);
     background.extend(alert_tasks);
+    background.extend(relay_tasks);
     Ok(Application {
         mqtt,
         server,

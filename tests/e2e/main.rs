@@ -30,6 +30,7 @@ mod mosquitto;
 mod mqtt;
 mod ops;
 mod python_sdk;
+mod replicas;
 mod rollouts;
 mod simulator;
 mod telemetry;

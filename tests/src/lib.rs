@@ -19,6 +19,8 @@ pub struct TestDb {
     /// The URL the server uses.
     pub url: String,
     postgres: Option<(String, String)>,
+    /// Another replica's database: dropping this handle leaves it alone.
+    shared: bool,
 }
 
 impl TestDb {
@@ -38,11 +40,13 @@ impl TestDb {
                 TestDb {
                     url,
                     postgres: Some((admin_url, name)),
+                    shared: false,
                 }
             }
             _ => TestDb {
                 url: format!("sqlite://{}", dir.join("drover.db").display()),
                 postgres: None,
+                shared: false,
             },
         }
     }
@@ -75,6 +79,9 @@ fn replace_database(url: &str, name: &str) -> String {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.shared {
+            return;
+        }
         let Some((admin_url, name)) = self.postgres.take() else {
             return;
         };
@@ -541,6 +548,86 @@ impl TestApp {
         }
     }
 
+    /// Starts a second replica of this server: the same PostgreSQL database, external broker
+    /// and `file://` blob directory, its own ports and data directory, seeded with the keys
+    /// every replica must share (fleet CA, root and signing keys, JWT secret) as
+    /// docs/OPERATIONS.md tells operators to.
+    pub async fn replica(&self) -> TestApp {
+        assert_eq!(
+            self.backend(),
+            "postgres",
+            "replicas share a PostgreSQL store"
+        );
+        assert!(
+            self.settings.mqtt_url.is_some(),
+            "replicas share an external broker"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        for (from, to) in [
+            ("pki/ca.crt", "pki"),
+            ("pki/ca.key", "pki"),
+            ("jwt.secret", ""),
+        ] {
+            let target = data.join(to);
+            std::fs::create_dir_all(&target).expect("replica data dir");
+            let name = Path::new(from).file_name().expect("file name");
+            std::fs::copy(self.data_dir().join(from), target.join(name)).expect("seed a key");
+        }
+        let keys = data.join("keys");
+        std::fs::create_dir_all(&keys).expect("keys dir");
+        for entry in std::fs::read_dir(self.data_dir().join("keys")).expect("keys") {
+            let entry = entry.expect("key file");
+            std::fs::copy(entry.path(), keys.join(entry.file_name())).expect("seed a key");
+        }
+        let mut settings = self.settings.clone();
+        settings.data_dir = data;
+        settings.http_listen.set_port(0);
+        settings.device_listen.set_port(0);
+        settings.mqtt_listen.set_port(0);
+        let db = TestDb {
+            url: self.db.url.clone(),
+            postgres: self.db.postgres.clone(),
+            shared: true,
+        };
+        let runtime = ServerRuntime::new();
+        let (app, password) = start(settings.clone(), &runtime)
+            .await
+            .expect("the replica starts");
+        assert!(password.is_none(), "a replica creates no second admin");
+        let mut app = finish(app, runtime, settings, self.admin_password.clone(), db, dir);
+        app.mqtt_port = self.mqtt_port;
+        app
+    }
+
+    /// Ends the server the way a crash or `kill -9` does: listeners close at once, every
+    /// task stops mid-flight and drops its connections (PostgreSQL sessions, the broker
+    /// link), nothing is released politely. Answers what must outlive it (the database,
+    /// data directory and broker, which other replicas may still use).
+    pub async fn crash(self) -> Remains {
+        let TestApp {
+            handle,
+            task,
+            runtime,
+            store,
+            mqtt,
+            broker,
+            db,
+            dir,
+            ..
+        } = self;
+        // Not graceful: open requests and streams are cut, as the process's end would.
+        handle.stop(false).await;
+        drop((task, store, mqtt));
+        // Dropped, not shut down: the runtime ends every task where it stands.
+        drop(runtime);
+        Remains {
+            _db: db,
+            _dir: dir,
+            _broker: broker,
+        }
+    }
+
     /// Stops and starts again on the same data directory, database and broker (new ports).
     pub async fn restart(self) -> TestApp {
         self.shut_down()
@@ -552,6 +639,13 @@ impl TestApp {
             })
             .await
     }
+}
+
+/// What a crashed server leaves for the replicas still running.
+pub struct Remains {
+    _db: TestDb,
+    _dir: tempfile::TempDir,
+    _broker: Option<mosquitto::Mosquitto>,
 }
 
 /// Asserts a problem+json answer with a status, and answers its body.

@@ -4,10 +4,14 @@
 //! storing readings. A reading costs a hash lookup when no rule watches its
 //! metric, and touches the store only when a condition starts or stops
 //! holding or an alert fires or resolves.
+//!
+//! With several replicas on PostgreSQL every replica sees every change (the
+//! live relay), and one of them, the holder of an advisory lock, judges them;
+//! the others only keep their count of firing alerts current.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -15,6 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{DRIFT_PREFIX, HEARTBEAT_MISSING, Rule};
 use crate::error::Result;
+use crate::leader::Hold;
 use crate::live::{Change, Live};
 use crate::on_store;
 use crate::store::{Store, now_ms};
@@ -31,6 +36,12 @@ const DRIFT_EVERY: Duration = Duration::from_secs(60);
 
 /// Devices scored per drift pass at most, over all drift rules.
 const DRIFT_DEVICES_PER_PASS: usize = 500;
+
+/// The advisory lock the judging replica holds ("drover-a").
+const ADVISORY_KEY: i64 = 0x6472_6f76_6572_2d61;
+
+/// How often a replica that does not judge tries to, and the judge checks its lock.
+const FOLLOW: Duration = Duration::from_secs(2);
 
 /// A condition holding on one device for one rule.
 #[derive(Debug, Clone)]
@@ -65,6 +76,8 @@ pub struct Engine {
     live: Live,
     inner: Mutex<Inner>,
     firing: AtomicI64,
+    /// This replica judges (holds the advisory lock; always, on SQLite).
+    leading: AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -94,13 +107,54 @@ impl Engine {
             live: live.clone(),
             inner: Mutex::new(Inner::default()),
             firing: AtomicI64::new(0),
+            leading: AtomicBool::new(false),
         });
+        let hold = Hold::acquire(&engine.store, ADVISORY_KEY).await?;
         engine.reload().await?;
+        engine.leading.store(hold.is_some(), Ordering::SeqCst);
         let changes = live.subscribe();
         let listen = tokio::spawn(engine.clone().listen(changes));
         let sweep = tokio::spawn(engine.clone().sweep());
         let drift = tokio::spawn(engine.clone().drift());
-        Ok((engine, vec![listen, sweep, drift]))
+        let lead = tokio::spawn(engine.clone().lead(hold));
+        Ok((engine, vec![listen, sweep, drift, lead]))
+    }
+
+    fn leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    /// Keeps the lock while it stands, and takes it when another replica lets it go.
+    async fn lead(self: Arc<Self>, mut hold: Option<Hold>) {
+        loop {
+            match hold.take() {
+                Some(mut h) => {
+                    if h.alive().await {
+                        hold = Some(h);
+                    } else {
+                        tracing::warn!("no longer judging alert rules");
+                        self.leading.store(false, Ordering::SeqCst);
+                        h.release().await;
+                    }
+                }
+                None => match Hold::acquire(&self.store, ADVISORY_KEY).await {
+                    Ok(Some(h)) => {
+                        // What the last judge left holding is in the store.
+                        if let Err(e) = self.reload().await {
+                            tracing::warn!(error = %e, "cannot load alert state; not judging yet");
+                            h.release().await;
+                        } else {
+                            tracing::info!("judging alert rules");
+                            self.leading.store(true, Ordering::SeqCst);
+                            hold = Some(h);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot try the alert lock"),
+                },
+            }
+            tokio::time::sleep(FOLLOW).await;
+        }
     }
 
     /// Alerts firing now (for the navigation).
@@ -108,8 +162,13 @@ impl Engine {
         self.firing.load(Ordering::Relaxed)
     }
 
-    /// Reads rules and holding conditions again (after a rule changed).
-    pub async fn reload(&self) -> Result<()> {
+    /// Tells the judging replica, this one or another, that rules changed.
+    pub fn rules_changed(&self) {
+        self.live.send(Change::Rules);
+    }
+
+    /// Reads rules and holding conditions again.
+    async fn reload(&self) -> Result<()> {
         let rules = super::rules(&self.store).await?;
         let rows: Vec<HoldingRow> = on_store!(&self.store, pool => sqlx::query_as(
             "SELECT rule_id, device_id, since, value, alert_id FROM alert_states").fetch_all(pool).await)?;
@@ -165,6 +224,13 @@ impl Engine {
                 }
                 Err(RecvError::Closed) => return,
             };
+            if !self.leading() {
+                // Device notes still clear the cache, so a later lead starts fresh.
+                if let Change::Device(id) = &change {
+                    self.inner.lock().await.devices.remove(&**id);
+                }
+                continue;
+            }
             let now = now_ms();
             let result = match change {
                 Change::Readings(r) => {
@@ -194,7 +260,8 @@ impl Engine {
                     self.inner.lock().await.devices.remove(&*id);
                     Ok(())
                 }
-                Change::Alert(_) | Change::Rollout(_) => Ok(()),
+                Change::Rules => self.reload().await,
+                Change::Alert(_) | Change::Rollout(_) | Change::Resync => Ok(()),
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "alert evaluation failed");
@@ -208,6 +275,11 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !self.leading() {
+                // The judge is another replica: follow its count for the navigation.
+                self.recount().await;
+                continue;
+            }
             let now = now_ms();
             let mut inner = self.inner.lock().await;
             let due: Vec<((String, String), Holding)> = inner
@@ -239,6 +311,9 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !self.leading() {
+                continue;
+            }
             if let Err(e) = self.drift_pass(now_ms()).await {
                 tracing::warn!(error = %e, "drift evaluation failed");
             }

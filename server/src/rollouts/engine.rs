@@ -64,8 +64,15 @@ async fn take_lease(store: &Store, holder: &str) -> Result<i64> {
 }
 
 /// Runs forever: follows until it can lead, then leads until it loses the hold.
-pub async fn run(store: Store, mqtt: MqttLink, wake: Arc<Notify>, live: crate::live::Live) {
-    let holder = format!("pid {}", std::process::id());
+/// `instance` names this server process among the replicas (shown as the lease's holder).
+pub async fn run(
+    store: Store,
+    mqtt: MqttLink,
+    wake: Arc<Notify>,
+    live: crate::live::Live,
+    instance: String,
+) {
+    let holder = format!("pid {} ({instance})", std::process::id());
     loop {
         let hold = match Hold::acquire(&store, ADVISORY_KEY).await {
             Ok(Some(h)) => h,

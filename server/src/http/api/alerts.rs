@@ -56,7 +56,7 @@ async fn create_rule(
         result,
     )
     .await?;
-    state.alerts.reload().await?;
+    state.alerts.rules_changed();
     Ok(HttpResponse::Created().json(rule))
 }
 
@@ -80,7 +80,7 @@ async fn patch_rule(
         result,
     )
     .await?;
-    state.alerts.reload().await?;
+    state.alerts.rules_changed();
     Ok(web::Json(rule))
 }
 
@@ -103,7 +103,7 @@ async fn delete_rule(
         result,
     )
     .await?;
-    state.alerts.reload().await?;
+    state.alerts.rules_changed();
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -226,7 +226,7 @@ async fn create_rule(
     .await
     {
         Ok(_) => {
-            state.alerts.reload().await?;
+            state.alerts.rules_changed();
             Ok(see_other("/alerts?done=created"))
         }
         Err(e @ Error::Invalid { .. }) => {
@@ -261,6 +261,6 @@ async fn delete_rule(
         result,
     )
     .await?;
-    state.alerts.reload().await?;
+    state.alerts.rules_changed();
     Ok(see_other("/alerts?done=deleted"))
 }

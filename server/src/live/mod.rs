@@ -8,8 +8,13 @@
 //! values, so charts grow without asking. A page that falls behind (the
 //! broadcast lags) is told to refresh everything it shows, so nothing it
 //! displays stays stale.
+//!
+//! On PostgreSQL, [`relay`] carries the changes between replicas.
 
-use std::sync::Arc;
+pub mod relay;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -41,6 +46,10 @@ pub enum Change {
     Readings(Arc<Readings>),
     /// A rollout moved, or bundles changed.
     Rollout(Arc<str>),
+    /// Changes were lost on the way from another replica: refresh everything.
+    Resync,
+    /// Alert rules changed (the judging replica reads them again).
+    Rules,
 }
 
 /// Readings of one device stored in one batch.
@@ -69,6 +78,10 @@ pub struct Live {
     closed: CancellationToken,
     /// Alerts firing now: every fleet note carries it, for the navigation's count.
     firing: Arc<std::sync::atomic::AtomicI64>,
+    /// Where this replica's changes go to the others (PostgreSQL only).
+    relay: Arc<OnceLock<tokio::sync::mpsc::Sender<Change>>>,
+    /// A change could not be queued for the other replicas.
+    relay_overflow: Arc<AtomicBool>,
 }
 
 impl Default for Live {
@@ -77,6 +90,8 @@ impl Default for Live {
             tx: broadcast::channel(CAPACITY).0,
             closed: CancellationToken::new(),
             firing: Arc::default(),
+            relay: Arc::default(),
+            relay_overflow: Arc::default(),
         }
     }
 }
@@ -90,8 +105,20 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
-    /// Announces a change (nobody listening is fine).
+    /// Announces a change stored here, to this replica's pages and the others'
+    /// (nobody listening is fine).
     pub fn send(&self, change: Change) {
+        if let Some(relay) = self.relay.get()
+            && relay.try_send(change.clone()).is_err()
+        {
+            self.relay_overflow
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = self.tx.send(change);
+    }
+
+    /// Announces a change another replica stored, to this replica's pages only.
+    fn deliver(&self, change: Change) {
         let _ = self.tx.send(change);
     }
 
@@ -267,6 +294,11 @@ fn note(focus: &Focus, dirty: &mut Dirty, change: Change) -> Option<String> {
             dirty.rollout |= focus.rollout.as_deref() == Some(&*id);
             None
         }
+        Change::Resync => {
+            *dirty = Dirty::all();
+            None
+        }
+        Change::Rules => None,
     }
 }
 
