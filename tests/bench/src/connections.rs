@@ -18,7 +18,7 @@ use crate::report::{Enrollment, Extra, Limits, Report, Step, Storm};
 use crate::server::{self, Ports, ServerLog};
 
 /// Options of `drover-bench connections`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Devices to enroll and connect.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50_000))]
@@ -130,8 +130,8 @@ impl Drop for DataDir {
     }
 }
 
-/// Runs the benchmark and prints (and optionally writes) the report.
-pub async fn run(args: Args) -> Result<()> {
+/// Runs the benchmark, prints (and optionally writes) the report, and answers it.
+pub async fn run(args: Args) -> Result<Report> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let steps = normalize_steps(&args.steps, args.devices);
     let server_bin = match &args.server_bin {
@@ -339,7 +339,7 @@ pub async fn run(args: Args) -> Result<()> {
         )?;
         eprintln!("wrote the Connections section of {}", out.display());
     }
-    Ok(())
+    Ok(report)
 }
 
 /// How a step's devices connected.

@@ -87,6 +87,21 @@ fn default_agent_bin() -> Result<PathBuf> {
     Ok(target.join("agent").join("drover-agent"))
 }
 
+/// The server binary to run (given, or the built default), checked to exist.
+pub(crate) fn server_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
+    let bin = match given {
+        Some(p) => p.clone(),
+        None => default_server_bin()?,
+    };
+    if !bin.is_file() {
+        bail!(
+            "{} does not exist; build it with `cargo build --release -p drover-server` or pass its path",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// The server and agent binaries to run (given, or the built defaults), each checked to exist.
 pub(crate) fn binaries(
     server: Option<&PathBuf>,
@@ -154,7 +169,7 @@ pub(crate) fn parse_join(command: &str) -> Option<Join> {
 }
 
 /// Enrolls an agent in `state`; answers its device id.
-async fn enroll(bin: &Path, state: &Path, join: &Join, n: u32) -> Result<String> {
+pub(crate) async fn enroll(bin: &Path, state: &Path, join: &Join, n: u32) -> Result<String> {
     let out = agent_command(bin, state)
         .args(["enroll", "--server", &join.server, "--token", &join.token])
         .args(["--ca-hash", &join.ca_hash, "--device-type", "bench"])
@@ -182,15 +197,15 @@ async fn enroll(bin: &Path, state: &Path, join: &Join, n: u32) -> Result<String>
 }
 
 /// A running `drover-agent run`.
-struct AgentProcess {
+pub(crate) struct AgentProcess {
     child: Child,
-    pid: u32,
+    pub(crate) pid: u32,
     socket: PathBuf,
 }
 
 impl AgentProcess {
     /// Starts the daemon (its log in `STATE/agent.log`) and waits until its intake answers.
-    async fn start(bin: &Path, state: &Path) -> Result<AgentProcess> {
+    pub(crate) async fn start(bin: &Path, state: &Path) -> Result<AgentProcess> {
         let log = std::fs::File::create(state.join("agent.log"))
             .with_context(|| format!("creating {}/agent.log", state.display()))?;
         let mut child = agent_command(bin, state)
@@ -218,7 +233,7 @@ impl AgentProcess {
     }
 
     /// SIGTERM (the agent says goodbye and exits), SIGKILL after a grace period.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()
@@ -506,7 +521,8 @@ impl Phase {
     }
 }
 
-fn rate(count: u64, secs: f64) -> f64 {
+/// `count` per second over `secs`; 0 over no time.
+pub(crate) fn rate(count: u64, secs: f64) -> f64 {
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 

@@ -2,12 +2,18 @@
 //! from outside, as a fleet sees it. Every loop is bounded in count and
 //! time, and all traffic stays on 127.0.0.1.
 
+mod agent;
+mod all;
 mod api;
+mod baseline;
+mod ceiling;
 mod connections;
 mod dashboard;
 mod enroll;
 mod fleet;
+mod flood;
 mod intake;
+mod mosquitto;
 mod procfs;
 mod report;
 mod rollout;
@@ -24,7 +30,9 @@ use clap::{Parser, Subcommand};
     name = "drover-bench",
     version,
     about = "Load tools that run the real drover server binary and measure it from outside",
-    after_help = "Build the binaries first (release, so the figures mean something):\n  \
+    after_help = "Every benchmark of issue 15, three runs each, into docs/BENCHMARKS.md (it builds what it needs):\n  \
+                  cargo run --release -p drover-bench -- all\n\
+                  Or build the binaries first (release, so the figures mean something):\n  \
                   cargo build --release -p drover-server -p drover-bench\n  \
                   cargo build --profile agent -p drover-agent    (for `intake`)\n\
                   then, for example:\n  \
@@ -41,6 +49,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every benchmark of issue 15 (ingest against the Python baseline and against the broker's
+    /// ceiling, connected devices, rollouts, the agent), `--runs` times each: median, min and
+    /// max against the goals, printed and written as the Summary of docs/BENCHMARKS.md.
+    All(all::Args),
+    /// Ingest, system against system: the same 1,000-device flood stored by Drover (simulated
+    /// agents, embedded broker, SQLite) and by the usual Python recipe (paho-mqtt → SQLite) on a
+    /// private Mosquitto.
+    Baseline(baseline::Args),
+    /// Ingest on one broker: the server consuming single-reading messages from a private
+    /// Mosquitto, against that broker's ceiling measured by a subscriber that only counts.
+    Ceiling(ceiling::Args),
+    /// The agent: `verify` of a large bundle against `openssl dgst -sha256`, RSS at rest and
+    /// the stripped binary's size.
+    Agent(agent::Args),
     /// Enrolls N devices and holds N real TLS MQTT sessions with their own
     /// certificates, measuring the server's memory and CPU at each step, then
     /// restarts the server and measures the reconnect storm.
@@ -76,10 +98,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Connections(args) => connections::run(args).await,
+            Command::All(args) => all::run(args).await,
+            Command::Baseline(args) => baseline::run(args).await.map(drop),
+            Command::Ceiling(args) => ceiling::run(args).await.map(drop),
+            Command::Agent(args) => agent::run(args).await.map(drop),
+            Command::Connections(args) => connections::run(args).await.map(drop),
             Command::Intake(args) => intake::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
-            Command::Rollout(args) => rollout::run(args).await,
+            Command::Rollout(args) => rollout::run(args).await.map(drop),
             Command::Dashboard(args) => dashboard::run(args).await,
         }
     });

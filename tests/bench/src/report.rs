@@ -177,7 +177,7 @@ impl Report {
     }
 
     /// Marginal server memory per connected device at a step, KiB.
-    fn kib_per_device(&self, step: &Step) -> Option<f64> {
+    pub fn kib_per_device(&self, step: &Step) -> Option<f64> {
         (step.connected > 0).then(|| {
             (step.server.rss_kib as f64 - self.baseline.rss_kib as f64) / step.connected as f64
         })
@@ -609,6 +609,44 @@ pub fn write_section(path: &Path, header: &str, heading: &str, section: &str) ->
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Like [`write_section`], but a section new to the file goes before its first `## ` section
+/// rather than at the end (a summary belongs on top).
+pub fn write_first_section(path: &Path, header: &str, heading: &str, section: &str) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(existing) if has_section(&existing, heading) => {
+            replace_section(&existing, heading, section)
+        }
+        Ok(existing) => insert_first(&existing, section),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{header}\n{section}"),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn has_section(existing: &str, heading: &str) -> bool {
+    let mut in_code = false;
+    existing.lines().any(|line| {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        }
+        !in_code && line.trim_end() == heading
+    })
+}
+
+fn insert_first(existing: &str, section: &str) -> String {
+    let lines: Vec<&str> = existing.lines().collect();
+    let Some(first) = lines.iter().position(|l| l.starts_with("## ")) else {
+        return format!("{}\n\n{}\n", existing.trim_end(), section.trim_end());
+    };
+    let mut out = lines[..first].join("\n");
+    out.push('\n');
+    out.push_str(section.trim_end());
+    out.push_str("\n\n");
+    out.push_str(&lines[first..].join("\n"));
+    out.push('\n');
+    out
+}
+
 fn replace_section(existing: &str, heading: &str, section: &str) -> String {
     let lines: Vec<&str> = existing.lines().collect();
     let mut in_code = false;
@@ -666,6 +704,20 @@ mod tests {
             new,
             "# Benchmarks\n\nintro\n\n## Connections\n\nnew figures\n\n## Telemetry\n\nkept\n"
         );
+    }
+
+    #[test]
+    fn a_new_first_section_goes_above_the_others() {
+        let new = insert_first(
+            "# Benchmarks\n\nintro\n\n## Telemetry\n\nkept\n",
+            "## Summary\n\nx\n",
+        );
+        assert_eq!(
+            new,
+            "# Benchmarks\n\nintro\n\n## Summary\n\nx\n\n## Telemetry\n\nkept\n"
+        );
+        assert!(has_section(&new, "## Summary"));
+        assert!(!has_section("```\n## Summary\n```\n", "## Summary"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub const HEADING: &str = "## Rollouts";
 const ROWS_PER_INSERT: usize = 500;
 
 /// Options of `drover-bench rollout`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Device rows for the planning measurement.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -48,25 +48,31 @@ pub struct Args {
     keep_data: bool,
 }
 
-struct Report {
+/// What a run measured.
+pub struct Report {
     command: String,
     machine: Machine,
-    planned: u32,
+    /// Device rows planned over.
+    pub planned: u32,
     insert_s: f64,
     preview_s: f64,
-    create_s: f64,
+    /// Planning and writing the snapshot, seconds.
+    pub create_s: f64,
     create_cpu_s: f64,
-    simulated: u32,
+    /// Simulated devices taken through the rollout.
+    pub simulated: u32,
     online_s: f64,
-    rollout_s: f64,
+    /// Create to completed, seconds.
+    pub rollout_s: f64,
     server_cpu: f64,
     sim_cpu: f64,
-    counts: Value,
+    /// Devices by state at the end.
+    pub counts: Value,
     events: Vec<String>,
 }
 
-/// Runs the benchmark and prints (and optionally writes) the report.
-pub async fn run(args: Args) -> Result<()> {
+/// Runs the benchmark, prints (and optionally writes) the report, and answers it.
+pub async fn run(args: Args) -> Result<Report> {
     let (server_bin, agent_bin) = binaries(args.server_bin.as_ref(), args.agent_bin.as_ref())?;
     let command = command_line();
     let machine = procfs::machine();
@@ -245,7 +251,7 @@ pub async fn run(args: Args) -> Result<()> {
         write_section(out, &file_header(&report.machine), HEADING, &section)?;
         eprintln!("wrote the Rollouts section of {}", out.display());
     }
-    Ok(())
+    Ok(report)
 }
 
 /// Writes `n` accepted devices of type `plan` straight into the store (the server keeps running;

@@ -72,6 +72,16 @@ pub struct ServerProcess {
     pub admin_password: Option<String>,
 }
 
+/// What the server stores into and which broker it uses, where not its defaults (SQLite in the
+/// data directory, the embedded broker).
+#[derive(Debug, Clone, Default)]
+pub struct Backing {
+    /// A plain `mqtt://` broker (`DROVER_MQTT_URL`); devices publish there.
+    pub broker: Option<SocketAddr>,
+    /// `DROVER_DATABASE_URL`, e.g. a PostgreSQL database.
+    pub database_url: Option<String>,
+}
+
 /// Starts `bin serve` on `data_dir`, listening on the given addresses
 /// (`127.0.0.1:0` for any port), and waits until it wrote `ports.json`.
 /// With `first_start`, also waits for the one-time admin password on stdout.
@@ -81,6 +91,18 @@ pub async fn start(
     listen: &Ports,
     first_start: bool,
     log: Arc<ServerLog>,
+) -> Result<ServerProcess> {
+    start_backed(bin, data_dir, listen, first_start, log, &Backing::default()).await
+}
+
+/// [`start`] with another store or an external broker.
+pub async fn start_backed(
+    bin: &Path,
+    data_dir: &Path,
+    listen: &Ports,
+    first_start: bool,
+    log: Arc<ServerLog>,
+    backing: &Backing,
 ) -> Result<ServerProcess> {
     let ports_file = data_dir.join("ports.json");
     match std::fs::remove_file(&ports_file) {
@@ -109,6 +131,12 @@ pub async fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some(broker) = backing.broker {
+        cmd.env("DROVER_MQTT_URL", format!("mqtt://{broker}"));
+    }
+    if let Some(url) = &backing.database_url {
+        cmd.env("DROVER_DATABASE_URL", url);
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {} serve", bin.display()))?;
@@ -141,7 +169,7 @@ pub async fn start(
                 log.first_lines()
             );
         }
-        if let Some(ports) = read_ports(&ports_file) {
+        if let Some(ports) = read_ports(&ports_file, backing.broker) {
             break ports;
         }
         if Instant::now() > deadline {
@@ -212,14 +240,16 @@ fn one_time_password(line: &str) -> Option<String> {
     Some(word.to_string())
 }
 
-fn read_ports(path: &Path) -> Option<Ports> {
+/// The bound addresses; with an external `broker` the file names no MQTT port, and devices
+/// publish to the broker.
+fn read_ports(path: &Path, broker: Option<SocketAddr>) -> Option<Ports> {
     let text = std::fs::read_to_string(path).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
     let addr = |key: &str| -> Option<SocketAddr> { value.get(key)?.as_str()?.parse().ok() };
     Some(Ports {
         http: addr("http")?,
         device: addr("device")?,
-        mqtt: addr("mqtt")?,
+        mqtt: broker.or_else(|| addr("mqtt"))?,
     })
 }
 
@@ -263,6 +293,11 @@ pub struct Fresh {
 /// Starts `bin serve` on `data_dir` (every listener on 127.0.0.1, any port) and signs in as
 /// the first admin with the one-time password it printed.
 pub async fn start_fresh(bin: &Path, data_dir: &Path) -> Result<Fresh> {
+    start_fresh_backed(bin, data_dir, &Backing::default()).await
+}
+
+/// [`start_fresh`] with another store or an external broker.
+pub async fn start_fresh_backed(bin: &Path, data_dir: &Path, backing: &Backing) -> Result<Fresh> {
     let log = Arc::new(ServerLog::default());
     let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let listen = Ports {
@@ -270,7 +305,7 @@ pub async fn start_fresh(bin: &Path, data_dir: &Path) -> Result<Fresh> {
         device: any_port,
         mqtt: any_port,
     };
-    let server = start(bin, data_dir, &listen, true, log.clone()).await?;
+    let server = start_backed(bin, data_dir, &listen, true, log.clone(), backing).await?;
     let password = server
         .admin_password
         .clone()
@@ -303,13 +338,18 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("ports.json");
         std::fs::write(&file, r#"{"http":"127.0.0.1:1","device":"127.0.0.1:2"}"#).expect("write");
-        assert!(read_ports(&file).is_none());
+        assert!(read_ports(&file, None).is_none());
+        let broker = SocketAddr::from(([127, 0, 0, 1], 4));
+        assert_eq!(
+            read_ports(&file, Some(broker)).map(|p| p.mqtt),
+            Some(broker)
+        );
         std::fs::write(
             &file,
             r#"{"http":"127.0.0.1:1","device":"127.0.0.1:2","mqtt":"127.0.0.1:3"}"#,
         )
         .expect("write");
-        let ports = read_ports(&file).expect("ports");
+        let ports = read_ports(&file, None).expect("ports");
         assert_eq!(ports.mqtt.port(), 3);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

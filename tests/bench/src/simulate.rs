@@ -128,11 +128,11 @@ impl Simulator {
 
 /// Figures of one start of the fleet.
 #[derive(Debug, Default)]
-struct Start {
+pub(crate) struct Start {
     /// Seconds until every device was online.
-    all_online_s: f64,
+    pub(crate) all_online_s: f64,
     /// Devices online at the end of the wait.
-    online: u64,
+    pub(crate) online: u64,
 }
 
 /// The measured run.
@@ -159,7 +159,22 @@ struct Report {
     again: Start,
 }
 
-async fn count(pool: &SqlitePool, sql: &str) -> Result<u64> {
+/// Opens the server's SQLite store in `data_dir` read-only (WAL: it never holds up a write).
+pub(crate) async fn open_store(data_dir: &Path) -> Result<SqlitePool> {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(data_dir.join("drover.db"))
+                .read_only(true)
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .context("opening the server's store")
+}
+
+/// One number from the store.
+pub(crate) async fn count(pool: &SqlitePool, sql: &str) -> Result<u64> {
     let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(pool)
         .await
@@ -168,7 +183,11 @@ async fn count(pool: &SqlitePool, sql: &str) -> Result<u64> {
 }
 
 /// Waits until `target` devices are online (or `deadline`); prints progress.
-async fn until_online(pool: &SqlitePool, target: u64, deadline: Duration) -> Result<Start> {
+pub(crate) async fn until_online(
+    pool: &SqlitePool,
+    target: u64,
+    deadline: Duration,
+) -> Result<Start> {
     let started = Instant::now();
     let mut last_print = Instant::now();
     loop {
@@ -204,16 +223,7 @@ pub async fn run(args: Args) -> Result<()> {
     let join_command = api.join_command(&jwt, args.devices).await?;
     let join = parse_join(&join_command)
         .with_context(|| format!("the join command `{join_command}` lacks a flag"))?;
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(data.path.join("drover.db"))
-                .read_only(true)
-                .busy_timeout(Duration::from_secs(10)),
-        )
-        .await
-        .context("opening the server's store")?;
+    let pool = open_store(&data.path).await?;
     let state = data.path.join("sim");
     let target = u64::from(args.devices);
     let start_deadline =
