@@ -261,3 +261,61 @@ async fn mosquitto_keeps_commands_private_and_bad_clients_delay_nobody() {
     pump.abort();
     drop(stalled);
 }
+
+/// A backlog larger than ingest's queue (10,000 messages) and the link's request queue
+/// together, as a server restarting under a busy fleet finds at its broker: it is stored in
+/// full. Acknowledging used to wait on the link's request queue while the link waited for
+/// room in ingest's queue, and the server stopped reading for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_bigger_than_every_queue_is_stored_after_a_restart() {
+    let app = spawn_app_on_mosquitto().await;
+    let admin = app.admin_token().await;
+    let d = app.enrolled_device(&admin).await;
+    let options = app.mqtt_options(&d.id, &d);
+    let stopped = app.shut_down().await;
+
+    // The server's persistent session keeps collecting while it is down.
+    const BACKLOG: i64 = 16_000;
+    let (client, mut eventloop) = mqtt_connect(options).await.expect("connects");
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let counted = acked.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = event {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let t0 = now_ms() - 3_600_000;
+    for seq in 1..=BACKLOG {
+        let body = json!({"epoch": "e1", "seq": seq, "ts": t0 + seq, "metrics": {"temp_c": 20.0}});
+        client
+            .publish(
+                d.topic("telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                body.to_string(),
+            )
+            .await
+            .expect("publish");
+    }
+    let queued = wait_until(Duration::from_secs(120), || async {
+        acked.load(std::sync::atomic::Ordering::Relaxed) == BACKLOG
+    })
+    .await;
+    assert!(queued, "the broker took the whole backlog");
+
+    let app = stopped.start_on_same_ports().await;
+    let stored = || async {
+        let n: i64 = drover_server::on_store!(&app.store, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM telemetry_seen WHERE device_id = $1")
+            .bind(&d.id).fetch_one(pool).await)
+        .expect("count");
+        n
+    };
+    let all = wait_until(Duration::from_secs(90), || async {
+        stored().await == BACKLOG
+    })
+    .await;
+    assert!(all, "stored {} of {BACKLOG}", stored().await);
+}

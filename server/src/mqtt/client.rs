@@ -57,8 +57,16 @@ impl Acker {
     async fn ack(&self) {
         match self {
             Acker::Broker { client, publish } => {
-                if let Err(e) = client.ack(publish).await {
-                    tracing::warn!(error = %e, "cannot acknowledge a message");
+                // Never wait on the link's request queue here: the event loop that empties it
+                // may itself be waiting for room in ingest's queue, which only this caller
+                // (ingest) makes. Waiting would deadlock a backlog flood for good.
+                if client.try_ack(publish).is_err() {
+                    let (client, publish) = (client.clone(), publish.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = client.ack(&publish).await {
+                            tracing::warn!(error = %e, "cannot acknowledge a message");
+                        }
+                    });
                 }
             }
             // A session that has gone away needs no acknowledgement.
@@ -109,8 +117,8 @@ pub struct MqttLink {
     /// write per [`TOUCH_EVERY_MS`] rather than one per message: on SQLite those writes queue
     /// behind each other and hold up enrollment and ingest.
     touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
-    /// Presence changes for the dashboard.
-    live: crate::live::Live,
+    /// Presence writes, in arrival order, for the task that stores them.
+    presence: tokio::sync::mpsc::UnboundedSender<PresenceJob>,
 }
 
 /// Least time between two writes of a device's last contact; well under the 90 s after which
@@ -144,6 +152,15 @@ impl MqttLink {
             .set_inflight(100);
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (events, _) = broadcast::channel(4096);
+        let touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>> =
+            Default::default();
+        let (presence, jobs) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(record_presence(
+            jobs,
+            store.clone(),
+            live.clone(),
+            touched.clone(),
+        ));
         let link = MqttLink {
             client,
             subscriptions,
@@ -151,10 +168,10 @@ impl MqttLink {
             ingest,
             last_inbound: Default::default(),
             ready: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
-            touched: Default::default(),
-            live,
+            touched,
+            presence,
         };
-        let task = tokio::spawn(link.clone().drive(eventloop, store));
+        let task = tokio::spawn(link.clone().drive(eventloop));
         (link, task)
     }
 
@@ -216,7 +233,7 @@ impl MqttLink {
             .map_err(|e| Error::Internal(format!("publishing a command: {e}")))
     }
 
-    async fn drive(self, mut eventloop: EventLoop, store: Store) {
+    async fn drive(self, mut eventloop: EventLoop) {
         let mut failures = 0u32;
         let mut acknowledged = 0usize;
         loop {
@@ -243,7 +260,7 @@ impl MqttLink {
                         client: self.client.clone(),
                         publish: std::sync::Arc::new(publish),
                     };
-                    self.dispatch(&store, acker).await;
+                    self.dispatch(acker).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -261,7 +278,7 @@ impl MqttLink {
     }
 
     /// Hands on a message from the broker, acknowledging it when ingest does not take it.
-    async fn dispatch(&self, store: &Store, acker: Acker) {
+    async fn dispatch(&self, acker: Acker) {
         let Acker::Broker { publish, .. } = &acker else {
             return;
         };
@@ -271,14 +288,8 @@ impl MqttLink {
             return;
         };
         let payload = publish.payload.clone();
-        self.route(
-            store,
-            device.as_str().to_string(),
-            kind,
-            payload,
-            Some(acker),
-        )
-        .await;
+        self.route(device.as_str().to_string(), kind, payload, Some(acker))
+            .await;
     }
 
     /// Hands a device's message on: presence for `state`, ingest for
@@ -286,7 +297,6 @@ impl MqttLink {
     /// taken by ingest is acknowledged here.
     pub(crate) async fn route(
         &self,
-        store: &Store,
         device_id: String,
         kind: TopicKind,
         payload: Bytes,
@@ -294,29 +304,16 @@ impl MqttLink {
     ) {
         self.last_inbound
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-        // Presence changes record their own events in the same transaction.
+        // Presence is written by its own task, in arrival order: a write waits for the store's
+        // lock behind ingest's transactions, and waiting here would stop reading the broker.
         if kind == TopicKind::State {
             // Whatever the state says, the next message writes the contact again.
             self.touches().remove(&device_id);
-            match serde_json::from_slice::<Presence>(&payload) {
-                Ok(p) => match devices::set_online(store, &device_id, p.online, p.ts).await {
-                    Ok(true) => self.live.presence(&device_id, p.online),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(device_id, error = %e, "cannot record presence"),
-                },
-                Err(e) => {
-                    tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}")
-                }
-            }
+            let _ = self
+                .presence
+                .send(PresenceJob::State(device_id.clone(), payload.clone()));
         } else if self.touch_due(&device_id) {
-            match devices::touch(store, &device_id).await {
-                Ok(true) => self.live.presence(&device_id, true),
-                Ok(false) => {}
-                Err(e) => {
-                    self.touches().remove(&device_id);
-                    tracing::warn!(device_id, error = %e, "cannot record contact");
-                }
-            }
+            let _ = self.presence.send(PresenceJob::Touch(device_id.clone()));
         }
         let inbound = Inbound {
             device_id,
@@ -341,6 +338,49 @@ impl MqttLink {
                     a.ack().await;
                 }
             }
+        }
+    }
+}
+
+/// A presence write: a `state` message, or a contact due to be written.
+enum PresenceJob {
+    State(String, Bytes),
+    Touch(String),
+}
+
+/// Stores presence in arrival order until every link is gone. Presence changes record their
+/// own events in the same transaction.
+async fn record_presence(
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<PresenceJob>,
+    store: Store,
+    live: crate::live::Live,
+    touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            PresenceJob::State(device_id, payload) => {
+                match serde_json::from_slice::<Presence>(&payload) {
+                    Ok(p) => match devices::set_online(&store, &device_id, p.online, p.ts).await {
+                        Ok(true) => live.presence(&device_id, p.online),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(device_id, error = %e, "cannot record presence"),
+                    },
+                    Err(e) => {
+                        tracing::info!(device_id, error = %e, "a state message that is not {{online, ts}}")
+                    }
+                }
+            }
+            PresenceJob::Touch(device_id) => match devices::touch(&store, &device_id).await {
+                Ok(true) => live.presence(&device_id, true),
+                Ok(false) => {}
+                Err(e) => {
+                    touched
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&device_id);
+                    tracing::warn!(device_id, error = %e, "cannot record contact");
+                }
+            },
         }
     }
 }

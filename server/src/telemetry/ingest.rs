@@ -6,7 +6,7 @@
 //! after its batch committed. Bad payloads are counted and recorded as device
 //! events without stopping the flow of good ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,6 +30,9 @@ pub const MAX_FUTURE_MS: i64 = 24 * 3_600_000;
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Messages taken into one transaction at most.
 const BATCH_MESSAGES: usize = 500;
+/// Rows one multi-row statement writes at most (8 parameters a row stays far below
+/// SQLite's 32,766 and PostgreSQL's 65,535).
+const ROWS_PER_STATEMENT: usize = 1_000;
 /// Width of a rollup bucket.
 pub const BUCKET_MS: i64 = 60_000;
 
@@ -410,31 +413,40 @@ impl Ingest {
         health: &[(String, String)],
     ) -> Result<(Vec<usize>, u64)> {
         let now = now_ms();
-        let upsert_rollup = match &self.store {
-            Store::Sqlite(_) => "INSERT INTO telemetry_rollups (device_id, metric_id, bucket, version_set_id, min, max, sum, count)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (device_id, metric_id, bucket, version_set_id) DO UPDATE SET
-                   min = MIN(telemetry_rollups.min, excluded.min), max = MAX(telemetry_rollups.max, excluded.max),
-                   sum = telemetry_rollups.sum + excluded.sum, count = telemetry_rollups.count + excluded.count",
-            Store::Postgres(_) => "INSERT INTO telemetry_rollups (device_id, metric_id, bucket, version_set_id, min, max, sum, count)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (device_id, metric_id, bucket, version_set_id) DO UPDATE SET
-                   min = LEAST(telemetry_rollups.min, excluded.min), max = GREATEST(telemetry_rollups.max, excluded.max),
-                   sum = telemetry_rollups.sum + excluded.sum, count = telemetry_rollups.count + excluded.count",
+        // Multi-row statements: a batch costs a few statements whatever its size, where one
+        // statement per row paid a round trip to the database (on SQLite, to its worker thread)
+        // for every point, rollup and latest value.
+        let (least, greatest) = match &self.store {
+            Store::Sqlite(_) => ("MIN", "MAX"),
+            Store::Postgres(_) => ("LEAST", "GREATEST"),
         };
+        let rollup_conflict = format!(
+            " ON CONFLICT (device_id, metric_id, bucket, version_set_id) DO UPDATE SET
+               min = {least}(telemetry_rollups.min, excluded.min), max = {greatest}(telemetry_rollups.max, excluded.max),
+               sum = telemetry_rollups.sum + excluded.sum, count = telemetry_rollups.count + excluded.count"
+        );
         let result: std::result::Result<(Vec<usize>, u64), sqlx::Error> = on_store!(&self.store, pool => {
             let mut tx = pool.begin().await?;
+            // The keys this batch stored first: a reading seen before (a redelivery), or twice
+            // in the batch, is a duplicate.
+            let mut inserted: HashSet<(String, String, i64)> = HashSet::with_capacity(readings.len());
+            for chunk in readings.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO telemetry_seen (device_id, epoch, seq, ts) ");
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.device_id.as_str()).push_bind(r.epoch.as_str()).push_bind(r.seq).push_bind(r.ts);
+                });
+                q.push(" ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq");
+                let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                inserted.extend(rows);
+            }
             let mut fresh_ones = Vec::with_capacity(readings.len());
             let mut duplicates = 0u64;
             // (device, metric, bucket, version set) → (min, max, sum, count)
             let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
             let mut latest: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
+            let mut points: Vec<(&str, i64, i64, f64, i64)> = Vec::new();
             for (i, r) in readings.iter().enumerate() {
-                let fresh = sqlx::query(
-                    "INSERT INTO telemetry_seen (device_id, epoch, seq, ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-                    .bind(&r.device_id).bind(&r.epoch).bind(r.seq).bind(r.ts)
-                    .execute(&mut *tx).await?.rows_affected() == 1;
-                if !fresh {
+                if !inserted.remove(&(r.device_id.clone(), r.epoch.clone(), r.seq)) {
                     duplicates += 1;
                     continue;
                 }
@@ -442,10 +454,7 @@ impl Ingest {
                 let vset = version_ids.get(&r.versions).copied().unwrap_or(0);
                 for (name, value) in &r.metrics {
                     let Some(&metric) = metric_ids.get(name) else { continue };
-                    sqlx::query(
-                        "INSERT INTO telemetry_points (device_id, metric_id, ts, value, version_set_id) VALUES ($1, $2, $3, $4, $5)")
-                        .bind(&r.device_id).bind(metric).bind(r.ts).bind(*value).bind(vset)
-                        .execute(&mut *tx).await?;
+                    points.push((r.device_id.as_str(), metric, r.ts, *value, vset));
                     let bucket = r.ts - r.ts.rem_euclid(BUCKET_MS);
                     let e = rollups.entry((r.device_id.clone(), metric, bucket, vset)).or_insert((*value, *value, 0.0, 0));
                     e.0 = e.0.min(*value);
@@ -458,18 +467,34 @@ impl Ingest {
                     }
                 }
             }
-            for ((device, metric, bucket, vset), (min, max, sum, count)) in &rollups {
-                sqlx::query(sqlx::AssertSqlSafe(upsert_rollup))
-                    .bind(device).bind(metric).bind(bucket).bind(vset).bind(min).bind(max).bind(sum).bind(count)
-                    .execute(&mut *tx).await?;
+            for chunk in points.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO telemetry_points (device_id, metric_id, ts, value, version_set_id) ");
+                q.push_values(chunk, |mut b, p| {
+                    b.push_bind(p.0).push_bind(p.1).push_bind(p.2).push_bind(p.3).push_bind(p.4);
+                });
+                q.build().execute(&mut *tx).await?;
             }
-            for ((device, metric), (ts, value)) in &latest {
-                sqlx::query(
-                    "INSERT INTO telemetry_latest (device_id, metric_id, ts, value) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (device_id, metric_id) DO UPDATE SET ts = excluded.ts, value = excluded.value
-                     WHERE excluded.ts >= telemetry_latest.ts")
-                    .bind(device).bind(metric).bind(ts).bind(value)
-                    .execute(&mut *tx).await?;
+            let rollups: Vec<_> = rollups.into_iter().collect();
+            for chunk in rollups.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO telemetry_rollups (device_id, metric_id, bucket, version_set_id, min, max, sum, count) ");
+                q.push_values(chunk, |mut b, ((device, metric, bucket, vset), (min, max, sum, count))| {
+                    b.push_bind(device.as_str()).push_bind(*metric).push_bind(*bucket).push_bind(*vset)
+                        .push_bind(*min).push_bind(*max).push_bind(*sum).push_bind(*count);
+                });
+                q.push(rollup_conflict.as_str());
+                q.build().execute(&mut *tx).await?;
+            }
+            let latest: Vec<_> = latest.into_iter().collect();
+            for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO telemetry_latest (device_id, metric_id, ts, value) ");
+                q.push_values(chunk, |mut b, ((device, metric), (ts, value))| {
+                    b.push_bind(device.as_str()).push_bind(*metric).push_bind(*ts).push_bind(*value);
+                });
+                q.push(" ON CONFLICT (device_id, metric_id) DO UPDATE SET ts = excluded.ts, value = excluded.value
+                     WHERE excluded.ts >= telemetry_latest.ts");
+                q.build().execute(&mut *tx).await?;
             }
             for (device, report) in health {
                 sqlx::query(

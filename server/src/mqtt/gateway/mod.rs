@@ -297,7 +297,6 @@ impl Gateway {
                 let routes = session::Routes {
                     upstream: &self.upstream,
                     link: &self.link,
-                    store: &self.store,
                 };
                 session::run(&mut tls, &mut buf, &accepted, &routes, &tx, &mut rx).await
             }

@@ -138,8 +138,6 @@ pub struct Routes<'a> {
     pub upstream: &'a Upstream,
     /// The server's link, whose `route` stores telemetry and health.
     pub link: &'a crate::mqtt::client::MqttLink,
-    /// The store.
-    pub store: &'a crate::store::Store,
 }
 
 /// Runs an accepted session until it ends.
@@ -283,7 +281,7 @@ impl Session {
                     let ack = ack.map(|(tx, pkid)| Acker::Session { tx, pkid });
                     routes
                         .link
-                        .route(routes.store, self.device_id.clone(), kind, p.payload, ack)
+                        .route(self.device_id.clone(), kind, p.payload, ack)
                         .await;
                     return Ok(());
                 }
