@@ -33,16 +33,6 @@ const ITEM_LIMIT: usize = 6_000;
 /// other replicas' pages to refresh instead.
 pub(super) const QUEUE: usize = 16_384;
 
-/// The health figures a report may carry, so that received names become the static ones.
-const FIGURES: [&str; 6] = [
-    "cpu_pct",
-    "mem_pct",
-    "disk_free",
-    "temp_c",
-    "spool_depth",
-    "spool_dropped",
-];
-
 /// Starts relaying `live`'s changes through `pool` under the name `origin`
 /// (unique per running replica) until the hub closes.
 pub fn start(live: &Live, pool: PgPool, origin: String) -> Vec<tokio::task::JoinHandle<()>> {
@@ -238,7 +228,10 @@ fn change(item: &Value) -> Option<Change> {
                 .iter()
                 .filter_map(|f| {
                     let name = f.get(0)?.as_str()?;
-                    let name = FIGURES.into_iter().find(|k| *k == name)?;
+                    // Received names become the static ones the hub carries; unknown ones are dropped.
+                    let name = crate::alerts::HEALTH_FIGURES
+                        .into_iter()
+                        .find(|k| *k == name)?;
                     Some((name, f.get(1)?.as_f64()?))
                 })
                 .collect();
