@@ -556,6 +556,11 @@ fn verify(archive: &Path) -> Result<Manifest, BackupError> {
 }
 
 fn hash_reader(reader: &mut impl Read) -> std::io::Result<(u64, String)> {
+    copy_hashed(reader, &mut std::io::sink())
+}
+
+/// Copies `reader` into `writer`; answers the bytes copied and their sha256.
+fn copy_hashed(reader: &mut impl Read, writer: &mut impl Write) -> std::io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut size = 0u64;
@@ -565,6 +570,7 @@ fn hash_reader(reader: &mut impl Read) -> std::io::Result<(u64, String)> {
             break;
         }
         hasher.update(&buf[..n]);
+        writer.write_all(&buf[..n])?;
         size += n as u64;
     }
     Ok((size, hex::encode(hasher.finalize())))
@@ -822,20 +828,9 @@ fn write_private(reader: &mut impl Read, dest: &Path) -> std::io::Result<(u64, S
         options.mode(0o600);
     }
     let mut file = options.open(dest)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])?;
-        size += n as u64;
-    }
+    let copied = copy_hashed(reader, &mut file)?;
     file.sync_all()?;
-    Ok((size, hex::encode(hasher.finalize())))
+    Ok(copied)
 }
 
 #[cfg(test)]
