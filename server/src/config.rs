@@ -104,6 +104,9 @@ pub struct Settings {
     pub mqtt_device_url: Option<String>,
     /// Run after the CRL for an external broker is rewritten (e.g. `systemctl reload mosquitto`).
     pub mqtt_crl_reload_command: Option<String>,
+    /// How often drift alert rules are judged and over how many devices a pass (not a
+    /// configuration key: the defaults suit every fleet, and tests lower them).
+    pub drift_pace: crate::alerts::engine::DriftPace,
 }
 
 /// The file format: the same keys as the environment, lower case. Unknown keys are errors.
@@ -231,6 +234,7 @@ impl Settings {
             enroll_rate_per_minute: 1000,
             ca_passphrase: None,
             mqtt_crl_reload_command: None,
+            drift_pace: Default::default(),
             mqtt_device_url: None,
             telemetry_raw_retention: std::time::Duration::from_secs(7 * 86_400),
             telemetry_rollup_retention: std::time::Duration::from_secs(365 * 86_400),
@@ -457,6 +461,7 @@ impl Settings {
             enroll_rate_per_minute,
             ca_passphrase,
             mqtt_crl_reload_command,
+            drift_pace: Default::default(),
             mqtt_device_url,
             telemetry_raw_retention,
             telemetry_rollup_retention,

@@ -339,7 +339,8 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         .map_err(|e| crate::error::Error::Internal(format!("OpenAPI document: {e}")))?;
     let rollout_wake = Arc::new(tokio::sync::Notify::new());
     let (alerts, alert_tasks) =
-        crate::alerts::engine::Engine::start(store.clone(), live.clone()).await?;
+        crate::alerts::engine::Engine::start(store.clone(), live.clone(), settings.drift_pace)
+            .await?;
     let state = web::Data::new(AppState {
         store: store.clone(),
         settings: Arc::new(settings.clone()),

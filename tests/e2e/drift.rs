@@ -444,3 +444,121 @@ async fn the_dashboard_flags_drift_on_the_moved_devices_page_and_per_version_onl
     assert!(!html.contains("id=\"fleet-drift\""), "{html}");
     assert!(!html.contains("id=\"fleet-drift-offer\""), "{html}");
 }
+
+/// Devices a drift pass scores in [`a_drift_rule_reaches_every_device_in_its_scope_over_successive_passes`].
+const PER_PASS: usize = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_rule_reaches_every_device_in_its_scope_over_successive_passes() {
+    // Two devices a pass, a pass every two seconds:
+    // the drifting device is past the first pass, so only a rotation reaches it.
+    let app = spawn_app_with(|s| {
+        s.drift_pace = drover_server::alerts::engine::DriftPace {
+            every: Duration::from_secs(2),
+            devices_per_pass: PER_PASS,
+        }
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let res = app
+        .post_json(
+            &admin,
+            "/api/v1/alert-rules",
+            &json!({"name": "rpi4 temp drift", "metric": "drift.temp_c",
+                    "scope": {"device_type": "rpi4"},
+                    "condition": {"op": ">", "value": 0.25}, "for_seconds": 0}),
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        201,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    let mut rpi4 = Vec::new();
+    for _ in 0..4 {
+        rpi4.push(app.enrolled_device(&admin).await);
+    }
+    rpi4.sort_by(|a, b| a.id.cmp(&b.id));
+    // Out of the rule's scope and drifting: never scored, never taking an in-scope device's place.
+    let mut jetson = Vec::new();
+    for _ in 0..2 {
+        jetson.push(app.enrolled_device_of_type(&admin, "jetson").await);
+    }
+    let moved = &rpi4[3];
+    let mut all: Vec<&str> = rpi4.iter().chain(&jetson).map(|d| d.id.as_str()).collect();
+    all.sort();
+    let place = all
+        .iter()
+        .position(|id| *id == moved.id)
+        .expect("the moved device");
+    assert!(
+        place >= PER_PASS,
+        "the moved device is not among the first {PER_PASS} by id: {all:?}"
+    );
+
+    let now = now_ms();
+    // The clients stay connected until the end: dropping one ends its session.
+    let mut clients = Vec::new();
+    for d in rpi4.iter().chain(&jetson) {
+        let drifting = d.id == moved.id || jetson.iter().any(|j| j.id == d.id);
+        let c = connect(&app, d).await;
+        publish(&c, d, now, if drifting { 1.4 } else { 1.0 }).await;
+        clients.push(c);
+    }
+    let stored = wait_until(Duration::from_secs(30), || async {
+        let mut all = true;
+        for d in rpi4.iter().chain(&jetson) {
+            let v = drift(&app, &admin, &d.id, "metric=temp_c").await;
+            all &= v["recent"]["buckets"] == RECENT_MINUTES
+                && v["baseline"]["buckets"] == BASELINE_MINUTES;
+        }
+        all
+    })
+    .await;
+    assert!(stored, "every reading reached the rollups");
+    for j in &jetson {
+        let v = drift(&app, &admin, &j.id, "metric=temp_c").await;
+        assert_eq!(
+            v["drifted"], true,
+            "the out-of-scope devices drift too: {v}"
+        );
+    }
+
+    let alerts = |id: String| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let body: Value = app
+                .get(admin, &format!("/api/v1/alerts?device_id={id}"))
+                .await
+                .json()
+                .await
+                .expect("alerts");
+            body["items"].as_array().expect("items").clone()
+        }
+    };
+    let fired = wait_until(Duration::from_secs(30), || async {
+        !alerts(moved.id.clone()).await.is_empty()
+    })
+    .await;
+    assert!(fired, "the moved device's drift fired the rule");
+    let items = alerts(moved.id.clone()).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["metric"], "drift.temp_c");
+    assert_eq!(items[0]["rule_name"], "rpi4 temp drift");
+    assert!(
+        items[0]["value"].as_f64().is_some_and(|v| v > 0.25),
+        "{items:?}"
+    );
+    // A quiet device cannot be waited for: a full round more (three passes of
+    // two over four in-scope devices) gives every device its turn again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for d in rpi4[..3].iter().chain(&jetson) {
+        assert_eq!(
+            alerts(d.id.clone()).await.len(),
+            0,
+            "{} is steady or out of scope",
+            d.id
+        );
+    }
+}

@@ -4,13 +4,54 @@
 //! phase and then halts it. The simulated devices are alike (`--spread 0`), so the difference
 //! the gates see is the version's alone.
 
-use drover_tests::{problem, spawn_app};
+use std::time::Duration;
+
+use drover_tests::{TestApp, problem, spawn_app, wait_until};
 use serde_json::{Value, json};
 
 use crate::rollouts::{create, event_kinds, fleet, in_phase, members, model, until_state};
 
 /// Alike devices (each reads once a second, as `fleet` starts them).
 const FLAGS: [&str; 4] = ["--spread", "0", "--noise", "0.02"];
+
+/// The detail of the rollout's first event of `kind`.
+async fn event_detail(app: &TestApp, admin: &str, id: &str, kind: &str) -> String {
+    let events: Value = app
+        .get(admin, &format!("/api/v1/rollouts/{id}/events"))
+        .await
+        .json()
+        .await
+        .expect("events json");
+    events
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["kind"] == kind)
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_else(|| panic!("a {kind} event in {events}"))
+        .to_owned()
+}
+
+/// Ids of the devices reporting `bundle` installed (`detector:1.0.0`), sorted.
+async fn on_version(app: &TestApp, admin: &str, bundle: &str) -> Vec<String> {
+    let list: Value = app
+        .get(
+            admin,
+            &format!("/api/v1/devices?version={bundle}&per_page=500"),
+        )
+        .await
+        .json()
+        .await
+        .expect("device list");
+    let mut ids: Vec<String> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|d| d["id"].as_str().expect("id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
 
 fn gated(bundle: &str, min_samples: i64) -> Value {
     json!({"name": "gated model", "bundle_id": bundle, "target": {"device_type": "rpi4"},
@@ -40,9 +81,20 @@ async fn a_slower_model_halts_at_the_canaries_and_the_same_rollout_without_it_co
     let r = create(&app, &admin, gated(&slow, 5)).await;
     let id = r["id"].as_str().expect("id").to_owned();
     let ended = until_state(&app, &admin, &id, "rolled_back").await;
-    let reason = ended["reason"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        ended["reason"], "every device the rollout updated was rolled back",
+        "{ended}"
+    );
     let kinds = event_kinds(&app, &admin, &id).await;
-    assert!(kinds.iter().any(|k| k == "halted"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "rollback_ordered"), "{kinds:?}");
+    // The halt names the phase, the gate and its metric, and carries the comparison.
+    let reason = event_detail(&app, &admin, &id, "halted").await;
+    assert!(
+        reason.starts_with("phase 1 failed its gate inference_ms mean: updated ")
+            && reason.contains(" readings, 2 devices) vs control ")
+            && reason.ends_with(", limit +20%"),
+        "{reason}"
+    );
     let verdict = &ended["gate_verdicts"][0];
     assert_eq!(verdict["outcome"], "fail", "{ended}");
     assert_eq!(verdict["phase"], 1, "judged in the canary phase");
@@ -50,17 +102,41 @@ async fn a_slower_model_halts_at_the_canaries_and_the_same_rollout_without_it_co
     let change = verdict["change_pct"].as_f64().expect("change");
     assert!(
         (25.0..65.0).contains(&change),
-        "well over the limit, near +50 %: {verdict} ({reason})"
+        "well over the limit, near +50 %: {verdict}"
     );
     assert!(
         verdict["updated_samples"].as_i64().expect("samples") >= 5
             && verdict["baseline_samples"].as_i64().expect("samples") >= 5
     );
     let list = members(&app, &admin, &id).await;
-    assert_eq!(in_phase(&list, 1).len(), 2, "two canaries");
+    let canaries = in_phase(&list, 1);
+    assert_eq!(canaries.len(), 2, "two canaries");
+    for d in &canaries {
+        assert_eq!(d["state"], "rolled_back", "{d}");
+        assert_eq!(d["version"], "1.0.0", "back on the previous version: {d}");
+    }
     assert!(
         in_phase(&list, 2).iter().all(|d| d["state"] == "pending"),
         "the rest of the fleet never got it: {list:?}"
+    );
+    // What the devices themselves report installed: the whole fleet on 1.0.0 again.
+    let mut canary_ids: Vec<String> = canaries
+        .iter()
+        .map(|d| d["device_id"].as_str().expect("id").to_owned())
+        .collect();
+    canary_ids.sort();
+    let back = wait_until(Duration::from_secs(30), || async {
+        let on_old = on_version(&app, &admin, "detector:1.0.0").await;
+        on_old.len() == 10
+            && canary_ids.iter().all(|c| on_old.contains(c))
+            && on_version(&app, &admin, "detector:2.0.0").await.is_empty()
+    })
+    .await;
+    assert!(
+        back,
+        "the canaries report 1.0.0 installed: {:?} on 1.0.0, {:?} on 2.0.0",
+        on_version(&app, &admin, "detector:1.0.0").await,
+        on_version(&app, &admin, "detector:2.0.0").await
     );
     // The rollout's page shows the comparison that decided.
     let password = crate::dashboard::operator_with_password(&app, "gus", "viewer").await;
@@ -73,12 +149,31 @@ async fn a_slower_model_halts_at_the_canaries_and_the_same_rollout_without_it_co
         .text()
         .await
         .expect("html");
-    assert!(
-        page.contains(r#"id="gate-verdicts""#)
-            && page.contains("control:")
-            && page.contains("+20%"),
-        "{page}"
-    );
+    let start = page
+        .find(r#"id="gate-verdicts""#)
+        .unwrap_or_else(|| panic!("the verdicts' table in {page}"));
+    let table = &page[start..start + page[start..].find("</table>").expect("its end")];
+    let value = |v: &Value| format!("{:.3}", v.as_f64().expect("a value"));
+    for shown in [
+        format!(
+            "{} <span class=\"muted\">({} readings, {} devices)</span>",
+            value(&verdict["updated"]),
+            verdict["updated_samples"],
+            verdict["updated_devices"]
+        ),
+        format!(
+            "{} <span class=\"muted\">(control: {} readings, {} devices)</span>",
+            value(&verdict["baseline"]),
+            verdict["baseline_samples"],
+            verdict["baseline_devices"]
+        ),
+        format!("{change:+.1}%"),
+        "<td>+20%</td>".to_owned(),
+        "<td>1</td>".to_owned(),
+        ">fail</span>".to_owned(),
+    ] {
+        assert!(table.contains(&shown), "{shown} in {table}");
+    }
 
     // The same rollout of a version that is not slower goes all the way.
     let fine = model(&app, &admin, "2.0.1").await;

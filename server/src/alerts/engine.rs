@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{DRIFT_PREFIX, HEARTBEAT_MISSING, Rule};
+use super::{DRIFT_PREFIX, HEARTBEAT_MISSING, Rule, Scope};
 use crate::error::Result;
 use crate::leader::Hold;
 use crate::live::{Change, Live};
@@ -32,10 +32,30 @@ const META_TTL_MS: i64 = 60_000;
 
 /// How often rules on `drift.METRIC` are judged: a score moves slowly, and
 /// computing one reads a week of minutes.
-const DRIFT_EVERY: Duration = Duration::from_secs(60);
+pub const DRIFT_EVERY: Duration = Duration::from_secs(60);
 
-/// Devices scored per drift pass at most, over all drift rules.
-const DRIFT_DEVICES_PER_PASS: usize = 500;
+/// Devices scored per drift pass at most, over all drift rules. Each pass
+/// goes on from where the last one stopped (by device id, wrapping around),
+/// so a larger fleet is covered over several passes rather than cut off.
+pub const DRIFT_DEVICES_PER_PASS: usize = 500;
+
+/// How often drift rules are judged and how many devices a pass scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftPace {
+    /// Time between passes.
+    pub every: Duration,
+    /// Devices scored per pass at most, over all drift rules.
+    pub devices_per_pass: usize,
+}
+
+impl Default for DriftPace {
+    fn default() -> Self {
+        DriftPace {
+            every: DRIFT_EVERY,
+            devices_per_pass: DRIFT_DEVICES_PER_PASS,
+        }
+    }
+}
 
 /// The advisory lock the judging replica holds ("drover-a").
 const ADVISORY_KEY: i64 = 0x6472_6f76_6572_2d61;
@@ -68,12 +88,15 @@ struct Inner {
     /// (rule id, device id) → the condition holding.
     holding: HashMap<(String, String), Holding>,
     devices: HashMap<String, DeviceMeta>,
+    /// `drift.METRIC` → the last device id its rotation scored ("" starts over).
+    drift_cursor: HashMap<String, String>,
 }
 
 /// The alert engine of one server.
 pub struct Engine {
     store: Store,
     live: Live,
+    pace: DriftPace,
     inner: Mutex<Inner>,
     firing: AtomicI64,
     /// This replica judges (holds the advisory lock; always, on SQLite).
@@ -101,9 +124,11 @@ impl Engine {
     pub async fn start(
         store: Store,
         live: Live,
+        pace: DriftPace,
     ) -> Result<(Arc<Engine>, Vec<tokio::task::JoinHandle<()>>)> {
         let engine = Arc::new(Engine {
             store,
+            pace,
             live: live.clone(),
             inner: Mutex::new(Inner::default()),
             firing: AtomicI64::new(0),
@@ -307,7 +332,8 @@ impl Engine {
 
     /// Judges the rules on `drift.METRIC` once a minute.
     async fn drift(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(DRIFT_EVERY);
+        let every = self.pace.every.max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -320,42 +346,70 @@ impl Engine {
         }
     }
 
-    /// Scores the devices in a drift rule's scope that sent its metric in the
-    /// last hour (at most [`DRIFT_DEVICES_PER_PASS`], first by id) over the
-    /// last hour, and judges each score as the value of `drift.METRIC`.
+    /// Scores the next devices in the scope of the drift rules that sent
+    /// their metric in the last hour, over the last hour, and judges each score
+    /// as the value of `drift.METRIC`. Each metric's rotation goes on from where
+    /// the last pass stopped and takes its share of the per-pass limit.
     async fn drift_pass(&self, now: i64) -> Result<()> {
         use crate::fleet::drift;
-        let watched: Vec<String> = self
+        let watched: Vec<(String, Vec<Scope>)> = self
             .inner
             .lock()
             .await
             .rules
-            .keys()
-            .filter(|m| m.starts_with(DRIFT_PREFIX))
-            .cloned()
+            .iter()
+            .filter(|(m, _)| m.starts_with(DRIFT_PREFIX))
+            .map(|(m, rules)| (m.clone(), rules.iter().map(|r| r.scope.clone()).collect()))
             .collect();
-        let mut budget = DRIFT_DEVICES_PER_PASS;
-        for key in watched {
+        if watched.is_empty() {
+            return Ok(());
+        }
+        // Shares, so a metric with a large fleet never starves another's rules.
+        let share = (self.pace.devices_per_pass.max(1) / watched.len()).max(1);
+        let since = now - 3_600_000;
+        for (key, scopes) in watched {
             let Some(metric) = key.strip_prefix(DRIFT_PREFIX) else {
                 continue;
             };
-            let senders =
-                drift::recent_senders(&self.store, metric, now - 3_600_000, budget).await?;
-            budget -= senders.len();
-            for device_id in senders {
-                let in_scope = {
-                    let mut inner = self.inner.lock().await;
-                    let rules = inner.rules.get(&key).cloned().unwrap_or_default();
-                    self.meta(&mut inner, &device_id).await?.is_some_and(|m| {
-                        m.accepted
-                            && rules
-                                .iter()
-                                .any(|r| r.scope.covers(&m.device_type, &m.tags))
-                    })
-                };
-                if !in_scope {
-                    continue;
-                }
+            let start = self
+                .inner
+                .lock()
+                .await
+                .drift_cursor
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            let tail = super::drift_candidates(
+                &self.store,
+                metric,
+                since,
+                &scopes,
+                (start.as_str(), None),
+                share,
+            )
+            .await?;
+            // Past the last device: wrap around to the first, up to where this round began.
+            let head = if tail.len() < share && !start.is_empty() {
+                super::drift_candidates(
+                    &self.store,
+                    metric,
+                    since,
+                    &scopes,
+                    ("", Some(start.as_str())),
+                    share - tail.len(),
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
+            let (devices, next) = rotate(tail, head, share);
+            // Moved on before scoring: a device that fails to score does not stall the rotation.
+            self.inner
+                .lock()
+                .await
+                .drift_cursor
+                .insert(key.clone(), next);
+            for device_id in devices {
                 let d = drift::device(&self.store, &device_id, metric, drift::Window::Hour, now)
                     .await?;
                 if let Some(score) = d.score {
@@ -533,5 +587,91 @@ impl Engine {
         if let Err(e) = super::notify_webhooks(&self.store, alert_id).await {
             tracing::warn!(alert_id, error = %e, "cannot queue the alert's webhook deliveries");
         }
+    }
+}
+
+/// One step of a drift rotation (pure): `tail` holds the first ids after
+/// where the rotation stood (`limit` asked for), `head` the first ids from the
+/// beginning up to that point (asked only for the room `tail` left). Answers
+/// the devices to score and where the next pass starts ("" for the beginning).
+fn rotate(tail: Vec<String>, head: Vec<String>, limit: usize) -> (Vec<String>, String) {
+    if tail.len() >= limit {
+        let next = tail.last().cloned().unwrap_or_default();
+        return (tail, next);
+    }
+    let room = limit - tail.len();
+    // A short head means every device came round: the next pass starts over.
+    let next = if head.len() >= room {
+        head.last().cloned().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let mut devices = tail;
+    devices.extend(head);
+    (devices, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Runs passes of `limit` over `fleet` (sorted ids) as the engine does.
+    fn passes(fleet: &[&str], limit: usize, n: usize) -> Vec<Vec<String>> {
+        let mut start = String::new();
+        (0..n)
+            .map(|_| {
+                let tail: Vec<String> = fleet
+                    .iter()
+                    .filter(|id| **id > start.as_str())
+                    .take(limit)
+                    .map(|s| s.to_string())
+                    .collect();
+                let head = if tail.len() < limit && !start.is_empty() {
+                    fleet
+                        .iter()
+                        .filter(|id| **id <= start.as_str())
+                        .take(limit - tail.len())
+                        .map(|s| s.to_string())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let (devices, next) = rotate(tail, head, limit);
+                start = next;
+                devices
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rotation_covers_every_device_in_turn_and_wraps_around() {
+        let fleet = ["a", "b", "c", "d", "e"];
+        assert_eq!(
+            passes(&fleet, 2, 4),
+            [
+                ids(&["a", "b"]),
+                ids(&["c", "d"]),
+                ids(&["e", "a"]),
+                ids(&["b", "c"])
+            ]
+        );
+        // A fleet that fits scores everyone every pass, once.
+        assert_eq!(passes(&fleet, 5, 2), [ids(&fleet), ids(&fleet)]);
+        assert_eq!(passes(&fleet, 9, 2), [ids(&fleet), ids(&fleet)]);
+        assert_eq!(passes(&[], 3, 2), [ids(&[]), ids(&[])]);
+    }
+
+    #[test]
+    fn the_next_pass_goes_on_after_the_last_scored_or_starts_over_after_a_full_round() {
+        let (devices, next) = rotate(ids(&["a", "c"]), Vec::new(), 2);
+        assert_eq!((devices, next.as_str()), (ids(&["a", "c"]), "c"));
+        let (devices, next) = rotate(ids(&["d"]), ids(&["a"]), 2);
+        assert_eq!((devices, next.as_str()), (ids(&["d", "a"]), "a"));
+        let (devices, next) = rotate(ids(&["d"]), Vec::new(), 2);
+        assert_eq!((devices, next.as_str()), (ids(&["d"]), ""));
     }
 }

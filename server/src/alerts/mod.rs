@@ -609,6 +609,84 @@ pub async fn firing_count(store: &Store) -> Result<i64> {
         "SELECT COUNT(*) FROM alerts WHERE state = 'firing'").fetch_one(pool).await)?)
 }
 
+/// The SQL condition that a device `d` lies in one of `scopes`, its
+/// parameters numbered from `$first` (pure). `None` when a scope covers every
+/// device, so the query needs no condition.
+fn scopes_sql(scopes: &[Scope], first: usize) -> Option<(String, Vec<String>)> {
+    if scopes
+        .iter()
+        .any(|s| s.device_type.is_none() && s.tags.is_empty())
+    {
+        return None;
+    }
+    let mut args = Vec::new();
+    let mut clauses = Vec::new();
+    for s in scopes {
+        let mut parts = Vec::new();
+        if let Some(t) = &s.device_type {
+            args.push(t.clone());
+            parts.push(format!("d.device_type = ${}", args.len() + first - 1));
+        }
+        for (k, v) in &s.tags {
+            args.push(k.clone());
+            args.push(v.clone());
+            let (kn, vn) = (args.len() + first - 2, args.len() + first - 1);
+            parts.push(format!(
+                "EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = ${kn} AND t.value = ${vn})"
+            ));
+        }
+        clauses.push(format!("({})", parts.join(" AND ")));
+    }
+    Some((format!("({})", clauses.join(" OR ")), args))
+}
+
+/// Accepted devices in one of `scopes` that sent `metric` since `since`, with
+/// ids after `after` and up to `upto` (inclusive, when given), first by id, at
+/// most `limit`: one step of the drift pass's rotation over a rule's devices.
+/// The scope is applied here, before the limit, so devices out of scope never
+/// take the place of those in it.
+pub async fn drift_candidates(
+    store: &Store,
+    metric: &str,
+    since: i64,
+    scopes: &[Scope],
+    (after, upto): (&str, Option<&str>),
+    limit: usize,
+) -> Result<Vec<String>> {
+    if scopes.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    // $1 metric, $2 since, $3 after; then `upto` and the scopes' values; the limit last.
+    let mut sql = String::from(
+        "SELECT l.device_id FROM telemetry_latest l
+           JOIN metric_names m ON m.id = l.metric_id
+           JOIN devices d ON d.id = l.device_id
+          WHERE m.name = $1 AND l.ts >= $2 AND l.device_id > $3 AND d.status = 'accepted'",
+    );
+    let mut args: Vec<String> = Vec::new();
+    if let Some(u) = upto {
+        args.push(u.to_string());
+        sql.push_str(" AND l.device_id <= $4");
+    }
+    if let Some((condition, values)) = scopes_sql(scopes, 4 + args.len()) {
+        sql.push_str(" AND ");
+        sql.push_str(&condition);
+        args.extend(values);
+    }
+    sql.push_str(&format!(" ORDER BY l.device_id LIMIT ${}", 4 + args.len()));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    Ok(on_store!(store, pool => {
+        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(metric)
+            .bind(since)
+            .bind(after);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        q.bind(limit).fetch_all(pool).await
+    })?)
+}
+
 /// Queues the alert's webhook deliveries (targets subscribed to "alert").
 pub async fn notify_webhooks(store: &Store, alert_id: i64) -> Result<()> {
     let sql = sqlx::AssertSqlSafe(format!(
@@ -675,6 +753,27 @@ mod tests {
         assert!(!s.covers("jetson", &tags));
         assert!(!s.covers("rpi4", &BTreeMap::new()));
         assert!(Scope::default().covers("anything", &BTreeMap::new()));
+    }
+
+    #[test]
+    fn drift_candidates_are_filtered_by_any_rules_scope_with_numbered_values() {
+        let typed = Scope {
+            device_type: Some("rpi4".into()),
+            tags: [("site".to_string(), "berlin".to_string())].into(),
+        };
+        let tagged = Scope {
+            device_type: None,
+            tags: [("row".to_string(), "3".to_string())].into(),
+        };
+        let (sql, args) = scopes_sql(&[typed.clone(), tagged], 5).expect("a condition");
+        assert_eq!(
+            sql,
+            "((d.device_type = $5 AND EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = $6 AND t.value = $7)) \
+             OR (EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = $8 AND t.value = $9)))"
+        );
+        assert_eq!(args, ["rpi4", "site", "berlin", "row", "3"]);
+        // A rule on every device makes the others' scopes moot.
+        assert_eq!(scopes_sql(&[typed, Scope::default()], 4), None);
     }
 
     #[test]

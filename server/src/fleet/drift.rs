@@ -380,21 +380,6 @@ fn summarize(key: String, scores: &[Option<f64>]) -> VersionDrift {
     }
 }
 
-/// Devices that sent `metric` since `since`, first by id, at most `limit`
-/// (the alert engine scores only devices still reporting the metric).
-pub async fn recent_senders(
-    store: &Store,
-    metric: &str,
-    since: i64,
-    limit: usize,
-) -> Result<Vec<String>> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    Ok(on_store!(store, pool => sqlx::query_scalar(
-        "SELECT l.device_id FROM telemetry_latest l JOIN metric_names m ON m.id = l.metric_id
-          WHERE m.name = $1 AND l.ts >= $2 ORDER BY l.device_id LIMIT $3")
-        .bind(metric).bind(since).bind(limit).fetch_all(pool).await)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
