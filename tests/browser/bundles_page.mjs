@@ -1,6 +1,8 @@
 // The bundles page in a real Chromium: sign in as an operator, upload an
 // artifact through the page's upload form (static/upload.js, XMLHttpRequest
-// with progress events, the CSRF token in a header), create and sign a bundle
+// with progress events, the CSRF token in a header) watching its progress bar
+// reach the end, see an upload the server refuses show the server's message,
+// create and sign a bundle
 // from it with the form, and open the bundle's page; with no console errors,
 // CSP violations or dialogs (the file name carries markup that must stay text).
 //
@@ -28,7 +30,30 @@ const bytes = Buffer.alloc(3 * 1024 * 1024 + 5, 0);
 for (let i = 0; i < bytes.length; i += 1) bytes[i] = (i * 13) & 0xff;
 const digest = createHash("sha256").update(bytes).digest("hex");
 
-const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, async (page, shot) => {
+// The server refuses names over 200 characters; its message must reach the page.
+const tooLong = `${"n".repeat(196)}.onnx`;
+const upload = "/bundles/artifacts";
+
+// Records what the upload form shows (the bar's value and max, the status
+// line) in sessionStorage, which outlives the reload after a success.
+function watchUpload() {
+  const form = document.querySelector("form[data-upload]");
+  const bar = form.querySelector("progress");
+  const status = form.querySelector("[data-upload-status]");
+  const seen = [];
+  const note = () => {
+    seen.push({ hidden: bar.hidden, value: bar.value, max: bar.max, status: status.textContent });
+    sessionStorage.setItem("upload-seen", JSON.stringify(seen));
+  };
+  new MutationObserver(note).observe(form, { attributes: true, childList: true, characterData: true, subtree: true });
+}
+
+const { consoleErrors, dialogs } = await inChromium({
+  executablePath,
+  out,
+  // Chromium logs the refused upload's 400, which this script provokes.
+  ignoreConsole: (m) => m.text().includes("400") && (m.location().url ?? "").includes(upload),
+}, async (page, shot) => {
 
   await page.goto(`${base}/login`);
   await page.fill("#username", username);
@@ -40,17 +65,42 @@ const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, asy
 
   // Upload through the page: the script posts the file and reloads on success.
   await page.setInputFiles("#artifact-file", { name: fileName, mimeType: "application/octet-stream", buffer: bytes });
-  const [upload] = await Promise.all([
+  await page.evaluate(watchUpload);
+  const [stored] = await Promise.all([
     page.waitForResponse((r) => new URL(r.url()).pathname === "/bundles/artifacts" && r.request().method() === "POST"),
     page.waitForEvent("load"),
     page.click("form[data-upload] button[type=submit]"),
   ]);
-  check(upload.status() === 201, "the upload is stored (201)", upload.status());
+  check(stored.status() === 201, "the upload is stored (201)", stored.status());
   await page.waitForSelector("fieldset label.check");
+  const seen = JSON.parse((await page.evaluate(() => sessionStorage.getItem("upload-seen"))) ?? "[]");
+  const bars = seen.filter((s) => !s.hidden);
+  const last = bars.at(-1) ?? {};
+  check(bars.length > 0 && last.max === bytes.length && last.value === bytes.length,
+    "the progress bar was shown and reached its end", JSON.stringify(last));
+  const statuses = seen.map((s) => s.status);
+  check(statuses.includes(`Uploading ${fileName}: 100 %`) && statuses.at(-1) === "Uploaded.",
+    "the status line counted to 100 % and said Uploaded.", JSON.stringify([...new Set(statuses)]));
   const listed = await page.$$eval("main table tbody tr td:first-child", (tds) => tds.map((td) => td.textContent.trim()));
   check(listed.includes(fileName), "the artifact is listed with its name as text", JSON.stringify(listed));
   check((await page.$$("main img")).length === 0, "markup in the file name never becomes an element");
   await shot("bundles-uploaded");
+
+  // An upload the server refuses: its message shows on the page, no reload.
+  await page.evaluate(() => { window.__droverNoReload = true; });
+  await page.setInputFiles("#artifact-file", { name: tooLong, mimeType: "application/octet-stream", buffer: Buffer.from("x") });
+  const [refused] = await Promise.all([
+    page.waitForResponse((r) => new URL(r.url()).pathname === upload && r.request().method() === "POST"),
+    page.click("form[data-upload] button[type=submit]"),
+  ]);
+  const detail = (await refused.json().catch(() => ({}))).detail ?? "";
+  check(refused.status() === 400 && detail === "name: must have at most 200 characters", "the server refuses a 201-character name", `${refused.status()} ${detail}`);
+  await page.waitForFunction(() => document.querySelector("[data-upload-status]")?.textContent.startsWith("Upload failed"), null, { timeout: 5_000 }).catch(() => {});
+  const shown = await page.textContent("[data-upload-status]");
+  check(shown === `Upload failed: ${detail}`, "the page shows the server's message", shown);
+  check(await page.evaluate(() => window.__droverNoReload === true), "and stays as it was, not reloaded");
+  check(await page.isEnabled("form[data-upload] button[type=submit]"), "the upload button works again");
+  await shot("bundles-upload-refused");
 
   // Create and sign a bundle from it.
   await page.fill("#b-name", "detector");

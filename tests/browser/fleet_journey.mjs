@@ -1,10 +1,12 @@
 // An operator's whole day in a real Chromium, without reloading where the
 // dashboard is live: sign in through the form with the overview open, start
 // a simulated device (`drover-agent simulate`) and watch it appear and go
-// online; upload an artifact, sign a bundle and roll it out through the
-// pages, watching the rollout complete; then a viewer sees no controls that
-// change the fleet and is refused (403) when posting anyway. Screenshots of
-// every main page go to DROVER_BROWSER_OUT.
+// online, then its chart grow on its page; make an enrollment token and copy
+// its join command (with and without the clipboard API); upload an artifact,
+// sign a bundle and roll it out through the pages, watching the rollout
+// complete; then a viewer sees no controls that change the fleet on any page
+// and is refused (403) when posting anyway. Screenshots of every main page go
+// to DROVER_BROWSER_OUT.
 //
 // Started by tests/e2e/browser.rs. Input (environment):
 //   DROVER_BASE_URL      http://127.0.0.1:PORT
@@ -17,7 +19,7 @@
 // Exits 0 when every check holds; otherwise prints each failure and exits 1.
 
 import { spawn } from "node:child_process";
-import { check, env as envOf, finish, inChromium } from "./lib.mjs";
+import { chartGrowsPast, chartPoints, check, env as envOf, finish, inChromium } from "./lib.mjs";
 
 const env = (name, fallback) => envOf("fleet_journey.mjs", name, fallback);
 
@@ -70,7 +72,17 @@ const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, asy
   await Promise.all([page.waitForLoadState("load"), page.click("main table tbody tr a")]);
   const devicePath = new URL(page.url()).pathname;
   check(/^\/devices\/[A-Za-z0-9_-]+$/.test(devicePath), "the list links the device's page", devicePath);
-  await page.waitForSelector("#charts figure", { timeout: 30_000 }).catch(() => {});
+  // The simulator sends temp_c a second: its chart must grow on the open page.
+  await page.waitForSelector('#charts figure.chart[data-metric="temp_c"] .uplot canvas', { timeout: 30_000 }).catch(() => {});
+  await page.waitForFunction(() => document.querySelector("#live-status")?.textContent === "Live").catch(() => {});
+  check((await page.textContent("#live-status")) === "Live", "the device page is live", await page.textContent("#live-status"));
+  await mark(page);
+  const before = await chartPoints(page, "temp_c");
+  check(before >= 1, "the simulated device's temp_c is charted", before);
+  await chartGrowsPast(page, "temp_c", before);
+  const after = await chartPoints(page, "temp_c");
+  check(after > before, "its chart receives new points live", `${before} → ${after}`);
+  check(await stillSamePage(page), "the chart grew without a reload");
   await shot("device");
 
   // Upload, bundle, rollout: all through the pages.
@@ -128,6 +140,30 @@ const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, asy
   const bars = (await page.textContent("figure.bars").catch(() => ""))?.replace(/\s+/g, " ") ?? "";
   check(bars.includes("detector 1 devices") && bars.includes("2.0.0") && bars.includes("1 (100%)"), "the overview charts the version in use", bars);
   await shot("overview-versions");
+  // An enrollment token made in the browser, and its join command's Copy
+  // button, which must do something visible with and without the clipboard API.
+  await page.goto(`${base}/tokens`);
+  await Promise.all([page.waitForLoadState("load"), page.click("form[action='/tokens/enrollment'] button[type=submit]")]);
+  const join = (await page.textContent("#join-command").catch(() => ""))?.trim() ?? "";
+  check(join.includes("drover-agent") && join.includes("--token"), "a token made in the browser shows its join command", join);
+  const copyButton = "button[data-copy='#join-command']";
+  const copied = ["Copied", "Selected: press Ctrl+C"];
+  await page.click(copyButton);
+  await page.waitForFunction((b) => document.querySelector(b)?.textContent !== "Copy", copyButton, { timeout: 5_000 }).catch(() => {});
+  const said = await page.textContent(copyButton);
+  check(copied.includes(said), "the Copy button says what it did", said);
+  // Over plain http on the LAN a browser offers no navigator.clipboard.
+  await page.evaluate(() => {
+    delete Navigator.prototype.clipboard;
+    window.getSelection().removeAllRanges();
+  });
+  check(await page.evaluate(() => navigator.clipboard === undefined), "the clipboard API is gone, as over plain http");
+  await page.click(copyButton);
+  const plain = await page.evaluate((b) => ({ said: document.querySelector(b)?.textContent, selected: window.getSelection().toString().trim() }), copyButton);
+  check(copied.includes(plain.said), "without the clipboard API the Copy button still says what it did", plain.said);
+  check(plain.selected === join, "and selects the join command for Ctrl+C", plain.selected);
+  await shot("tokens-join");
+
   for (const [path, name] of [["/tokens", "tokens"], ["/users", "users"], ["/audit", "audit"], ["/alerts", "alerts"], ["/account", "account"]]) {
     const res = await page.goto(`${base}${path}`);
     check(res?.status() === 200, `${path} answers 200`, res?.status());
@@ -137,18 +173,35 @@ const { consoleErrors, dialogs } = await inChromium({ executablePath, out }, asy
   // A viewer: no mutating controls, and a post anyway is refused.
   await page.click("form[action='/logout'] button");
   await signIn(page, viewer, viewerPassword);
-  for (const path of ["/", "/devices", devicePath, "/bundles", "/rollouts", rolloutPath, "/tokens"]) {
-    await page.goto(`${base}${path}`);
+  for (const path of ["/", "/devices", devicePath, "/bundles", "/rollouts", rolloutPath, "/tokens", "/alerts", "/users", "/webhooks"]) {
+    const res = await page.goto(`${base}${path}`);
+    // Every page shows a viewer the fleet, admin-only ones included (read-only).
+    check(res?.status() === 200, `a viewer may read ${path}`, res?.status());
     const forms = await page.$$eval("main form[method=post], main form[method=POST], main [hx-post]", (fs) => fs.map((f) => f.getAttribute("action") ?? f.getAttribute("hx-post")));
     check(forms.length === 0, `a viewer sees no controls that change the fleet on ${path}`, JSON.stringify(forms));
   }
+  // Posting anyway, with the session's CSRF token and a complete form, is refused.
   await page.goto(`${base}${rolloutPath}`);
-  const refused = await page.evaluate(async (path) => {
-    const headers = JSON.parse(document.body.getAttribute("hx-headers") ?? "{}");
-    const res = await fetch(`${path}/rollback`, { method: "POST", headers, credentials: "same-origin" });
-    return res.status;
-  }, rolloutPath);
-  check(refused === 403, "a viewer posting anyway gets 403", refused);
+  const posts = [
+    [`${rolloutPath}/rollback`, {}],
+    ["/alerts/rules", { name: "viewer rule", metric: "temp_c", op: ">", value: "80", for_seconds: "0", severity: "warning" }],
+    ["/users", { username: "mallory", password: "mallory-password-123", role: "admin" }],
+    ["/webhooks", { url: "http://127.0.0.1:9/viewer-hook", events: "alert" }],
+  ];
+  for (const [path, fields] of posts) {
+    const { status, text } = await page.evaluate(async ([p, f]) => {
+      const headers = JSON.parse(document.body.getAttribute("hx-headers") ?? "{}");
+      const res = await fetch(p, { method: "POST", headers, body: new URLSearchParams(f), credentials: "same-origin" });
+      return { status: res.status, text: await res.text() };
+    }, [path, fields]);
+    // Refused for the role, not for a missing CSRF token (also a 403).
+    const why = / needs the \w+ role; you are a viewer/.exec(text)?.[0];
+    check(status === 403 && why !== undefined, `a viewer posting to ${path} anyway gets 403 for the role`, `${status} ${why ?? text.slice(0, 200)}`);
+  }
+  const shown = {};
+  for (const path of ["/alerts", "/users", "/webhooks"]) shown[path] = await (await page.request.get(`${base}${path}`)).text();
+  check(!shown["/alerts"].includes("viewer rule") && !shown["/users"].includes("mallory") && !shown["/webhooks"].includes("viewer-hook"),
+    "nothing a viewer posted took effect");
   await shot("rollout-viewer");
 });
 

@@ -36,6 +36,20 @@ export function stopped(e) {
   failures.push(`the run stopped: ${e instanceof Error ? e.stack : e}`);
 }
 
+/** The points the device page's chart of `metric` holds now (-1 when it has no chart). */
+export function chartPoints(page, metric) {
+  return page.$eval(`#charts figure.chart[data-metric="${metric}"]`, (f) => Number(f.dataset.points)).catch(() => -1);
+}
+
+/** Waits up to `timeout` ms for the chart of `metric` to hold more than `n` points. */
+export function chartGrowsPast(page, metric, n, timeout = 30_000) {
+  return page.waitForFunction(
+    ([m, k]) => Number(document.querySelector(`#charts figure.chart[data-metric="${m}"]`)?.dataset.points) > k,
+    [metric, n],
+    { timeout },
+  ).catch(() => {});
+}
+
 /** Prints the outcome and exits: 0 when every check held, 1 otherwise. */
 export function finish() {
   if (failures.length > 0) {

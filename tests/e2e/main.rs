@@ -15,6 +15,7 @@ mod bundles;
 mod bundles_agent;
 mod cli;
 mod dashboard;
+mod dashboard_workflows;
 mod deploy;
 mod device_page;
 mod devices_list;

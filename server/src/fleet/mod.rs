@@ -191,7 +191,8 @@ async fn active_rollouts(store: &Store) -> Result<Vec<ActiveRollout>> {
             succeeded: n("succeeded"),
             failed,
             total: counts.values().sum(),
-            phase: (r.phase, phases),
+            // Stored from 0; shown from 1, as the API and the rollout page do.
+            phase: (r.phase + 1, phases),
             bundle: format!("{} {}", r.bundle_name, r.bundle_version),
             id: r.id,
             name: r.name,

@@ -517,13 +517,20 @@ async fn act(
             Ok(see_other(&format!("/devices/{id}?done={done}")))
         }
         Err(e @ (Error::Conflict(_) | Error::Invalid { .. })) => {
+            // A bad form is the operator's input to fix (400); a conflict is the device's
+            // state forbidding the action (409). Either way the page shows why.
+            let status = if matches!(e, Error::Invalid { .. }) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::CONFLICT
+            };
             render_device(
                 state,
                 req,
                 who,
                 id,
                 ChartRange::default(),
-                StatusCode::CONFLICT,
+                status,
                 (Some(e.to_string()), None),
             )
             .await
