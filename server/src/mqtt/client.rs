@@ -150,7 +150,9 @@ impl MqttLink {
                 super::broker::MAX_PACKET_BYTES,
             )
             .set_inflight(100);
-        let (client, eventloop) = AsyncClient::new(options, 1024);
+        // Ingest acknowledges a whole batch at once (up to its 10,000 messages): room for all
+        // of them keeps those acknowledgements off the spawned fallback.
+        let (client, eventloop) = AsyncClient::new(options, 16_384);
         let (events, _) = broadcast::channel(4096);
         let touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>> =
             Default::default();

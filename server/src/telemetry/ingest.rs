@@ -28,8 +28,15 @@ pub const MAX_METRIC_NAME: usize = 64;
 pub const MAX_FUTURE_MS: i64 = 24 * 3_600_000;
 /// Largest message accepted.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
-/// Messages taken into one transaction at most.
-const BATCH_MESSAGES: usize = 500;
+/// Messages taken into one transaction at most. A batch is only what is already waiting, so
+/// a quiet fleet commits message by message; under a flood it grows, and each device's pages
+/// (points, seen keys, rollups, latest values) are written once for many of its readings
+/// instead of once per reading: with 1,000 devices, 500-message batches touched every page
+/// for about one reading each, and SQLite's WAL writes bounded ingest (docs/BENCHMARKS.md).
+const BATCH_MESSAGES: usize = 10_000;
+/// Payload bytes taken into one transaction at most (bounds its time and memory when devices
+/// send large batches of their own).
+const BATCH_BYTES: usize = 4 << 20;
 /// Rows one multi-row statement writes at most (8 parameters a row stays far below
 /// SQLite's 32,766 and PostgreSQL's 65,535).
 const ROWS_PER_STATEMENT: usize = 1_000;
@@ -282,17 +289,21 @@ pub struct Ingest {
 impl Ingest {
     /// Runs until the queue closes.
     pub async fn run(self, mut queue: mpsc::Receiver<Inbound>) {
-        let mut batch = Vec::with_capacity(BATCH_MESSAGES);
+        let mut batch = Vec::with_capacity(1024);
         loop {
             let Some(first) = queue.recv().await else {
                 return;
             };
             self.metrics.busy.store(true, Ordering::SeqCst);
+            let mut bytes = first.payload.len();
             batch.push(first);
             // Take what is already waiting, so a flood commits in large batches.
-            while batch.len() < BATCH_MESSAGES {
+            while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
                 match queue.try_recv() {
-                    Ok(m) => batch.push(m),
+                    Ok(m) => {
+                        bytes += m.payload.len();
+                        batch.push(m);
+                    }
                     Err(_) => break,
                 }
             }

@@ -34,7 +34,7 @@ pub fn config(port: u16, log: &Path) -> String {
          persistence false\n\
          max_queued_messages 0\n\
          max_queued_bytes 0\n\
-         max_inflight_messages 100\n\
+         max_inflight_messages 10000\n\
          log_dest file {}\n\
          log_type error\n\
          log_type warning\n",
