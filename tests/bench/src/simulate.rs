@@ -209,6 +209,21 @@ pub(crate) async fn until_online(
     }
 }
 
+/// Waits until no device is shown online (after a stop, their goodbyes are stored).
+pub(crate) async fn until_offline(pool: &SqlitePool, deadline: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let online = count(pool, "SELECT COUNT(*) FROM devices WHERE online").await?;
+        if online == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > deadline {
+            anyhow::bail!("{online} devices still shown online {deadline:?} after the stop");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Runs the benchmark and prints (and optionally writes) the report.
 pub async fn run(args: Args) -> Result<()> {
     let (server_bin, agent_bin) =
