@@ -29,6 +29,8 @@ pub enum Bench {
     Ceiling,
     /// 1: Drover against the Python recipe.
     Baseline,
+    /// 1, with Drover on PostgreSQL (`--database-url`).
+    BaselinePostgres,
     /// 4: rollouts.
     Rollout,
     /// 3: connected devices.
@@ -56,6 +58,9 @@ pub struct Args {
     /// bundle maker).
     #[arg(long)]
     no_build: bool,
+    /// The PostgreSQL server for `baseline-postgres`: a fresh database is made there per run.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    database_url: String,
 }
 
 /// One benchmark's words after `drover-bench SUBCOMMAND`, full or quick.
@@ -65,7 +70,7 @@ fn words(bench: Bench, quick: bool) -> Vec<&'static str> {
         (Bench::Agent, true) => vec!["--bundle-mib", "64", "--idle-s", "3"],
         (Bench::Ceiling, false) => vec!["--devices", "1000", "--readings", "100"],
         (Bench::Ceiling, true) => vec!["--devices", "50", "--readings", "20"],
-        (Bench::Baseline, false) => vec![
+        (Bench::Baseline | Bench::BaselinePostgres, false) => vec![
             "--devices",
             "1000",
             "--readings",
@@ -75,7 +80,7 @@ fn words(bench: Bench, quick: bool) -> Vec<&'static str> {
             "--hold-s",
             "30",
         ],
-        (Bench::Baseline, true) => vec![
+        (Bench::Baseline | Bench::BaselinePostgres, true) => vec![
             "--devices",
             "50",
             "--readings",
@@ -107,7 +112,7 @@ fn subcommand(bench: Bench) -> &'static str {
     match bench {
         Bench::Agent => "agent",
         Bench::Ceiling => "ceiling",
-        Bench::Baseline => "baseline",
+        Bench::Baseline | Bench::BaselinePostgres => "baseline",
         Bench::Rollout => "rollout",
         Bench::Connections => "connections",
     }
@@ -284,6 +289,21 @@ fn goals(table: &mut Table, benches: &[Bench], quick: bool) {
                 table.add(B1, "readings lost, Drover (SQLite)", "", Some(Goal::Zero));
                 table.add(B1, "readings lost, Python recipe", "", None);
             }
+            Bench::BaselinePostgres => {
+                table.add(
+                    B1,
+                    "Drover (PostgreSQL) / Python readings stored per s",
+                    "×",
+                    None,
+                );
+                table.add(B1, "Drover (PostgreSQL) readings stored per s", "/s", None);
+                table.add(
+                    B1,
+                    "readings lost, Drover (PostgreSQL)",
+                    "",
+                    Some(Goal::Zero),
+                );
+            }
             Bench::Ceiling => {
                 table.add(
                     B2,
@@ -381,6 +401,7 @@ pub async fn run(args: Args) -> Result<()> {
             Bench::Agent,
             Bench::Ceiling,
             Bench::Baseline,
+            Bench::BaselinePostgres,
             Bench::Rollout,
             Bench::Connections,
         ]
@@ -396,10 +417,13 @@ pub async fn run(args: Args) -> Result<()> {
     let mut commands = Vec::new();
     for &bench in &benches {
         let name = subcommand(bench);
-        let base: Vec<String> = words(bench, args.quick)
+        let mut base: Vec<String> = words(bench, args.quick)
             .into_iter()
             .map(String::from)
             .collect();
+        if bench == Bench::BaselinePostgres {
+            base.extend(["--database-url".to_string(), args.database_url.clone()]);
+        }
         commands.push(format!(
             "target/release/drover-bench {name} {}",
             base.join(" ")
@@ -466,6 +490,25 @@ async fn measure(bench: Bench, name: &'static str, words: &[String], t: &mut Tab
             );
             t.push(B1, "readings lost, Drover (SQLite)", d.lost() as f64);
             t.push(B1, "readings lost, Python recipe", p.lost() as f64);
+        }
+        Bench::BaselinePostgres => {
+            let f = baseline::run(parse(name, words)?).await?;
+            let d = &f.drover;
+            t.push(
+                B1,
+                "Drover (PostgreSQL) / Python readings stored per s",
+                f.ratio(),
+            );
+            t.push(B1, "Drover (PostgreSQL) readings stored per s", d.rate());
+            t.note(
+                B1,
+                "Drover (PostgreSQL) readings stored per s",
+                format!(
+                    "offered {:.0}/s; {} of {} generated stored",
+                    d.offered_rate, d.stored, d.generated
+                ),
+            );
+            t.push(B1, "readings lost, Drover (PostgreSQL)", d.lost() as f64);
         }
         Bench::Ceiling => {
             let f = ceiling::run(parse(name, words)?).await?;
@@ -643,7 +686,9 @@ fn summary(
     let _ = writeln!(
         o,
         "Each benchmark's own section below holds its last run in full, with its method. \
-         PostgreSQL is not part of this summary yet; the ingest figures are on SQLite."
+         Ingest (1) runs on SQLite (the goal's store) and again with the server on PostgreSQL \
+         (`baseline-postgres`, a fresh database on the local server each run); ingest (2) is on \
+         SQLite."
     );
     o
 }
@@ -686,6 +731,7 @@ mod tests {
             Bench::Agent,
             Bench::Ceiling,
             Bench::Baseline,
+            Bench::BaselinePostgres,
             Bench::Rollout,
             Bench::Connections,
         ] {
@@ -695,7 +741,9 @@ mod tests {
                 let parsed = match bench {
                     Bench::Agent => parse::<agent::Args>("agent", &words).map(drop),
                     Bench::Ceiling => parse::<ceiling::Args>("ceiling", &words).map(drop),
-                    Bench::Baseline => parse::<baseline::Args>("baseline", &words).map(drop),
+                    Bench::Baseline | Bench::BaselinePostgres => {
+                        parse::<baseline::Args>("baseline", &words).map(drop)
+                    }
                     Bench::Rollout => parse::<rollout::Args>("rollout", &words).map(drop),
                     Bench::Connections => {
                         parse::<connections::Args>("connections", &words).map(drop)

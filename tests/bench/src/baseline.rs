@@ -19,10 +19,12 @@ use crate::mosquitto::Mosquitto;
 use crate::procfs::{self, Machine, Pid};
 use crate::report::{file_header, write_section};
 use crate::server;
-use crate::simulate::{Simulator, count, until_offline, until_online};
+use crate::simulate::{Probe, Simulator, count, until_offline, until_online};
 
 /// The section this tool owns in docs/BENCHMARKS.md.
 pub const HEADING: &str = "## Ingest against the Python baseline";
+/// The section of a run whose Drover side stores into PostgreSQL.
+pub const HEADING_POSTGRES: &str = "## Ingest against the Python baseline (PostgreSQL)";
 /// How long stored counts may stand still before a drain is over.
 const DRAIN_IDLE: Duration = Duration::from_secs(15);
 
@@ -44,6 +46,10 @@ pub struct Args {
     /// Drover side: seconds over which stored readings are counted once every device is online.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub hold_s: u64,
+    /// Drover side on PostgreSQL instead of SQLite: a fresh database is made on this server
+    /// (the URL's own database is only used to create it) and dropped afterwards.
+    #[arg(long)]
+    pub database_url: Option<String>,
     /// Drover side: enrollments (and starts) per second.
     #[arg(long, default_value_t = 50.0)]
     pub enroll_rate: f64,
@@ -97,6 +103,8 @@ impl PythonSide {
 /// Drover's run.
 #[derive(Debug, Clone, Default)]
 pub struct DroverSide {
+    /// The server's store.
+    pub store: &'static str,
     /// Simulated devices.
     pub devices: u32,
     /// Offered readings per second (devices × rate).
@@ -213,8 +221,9 @@ pub async fn run(args: Args) -> Result<Figures> {
     let section = markdown(&figures, &args, &command, &machine);
     println!("{section}");
     if let Some(out) = &args.out {
-        write_section(out, &file_header(&machine), HEADING, &section)?;
-        eprintln!("wrote the {} section of {}", &HEADING[3..], out.display());
+        let heading = heading(&args);
+        write_section(out, &file_header(&machine), heading, &section)?;
+        eprintln!("wrote the {} section of {}", &heading[3..], out.display());
     }
     Ok(figures)
 }
@@ -303,12 +312,13 @@ async fn distinct_readings(db: &Path) -> Result<u64> {
         .connect_with(SqliteConnectOptions::new().filename(db).read_only(true))
         .await
         .with_context(|| format!("opening {}", db.display()))?;
+    let probe = Probe::Sqlite(pool);
     let n = count(
-        &pool,
+        &probe,
         "SELECT COUNT(*) FROM (SELECT DISTINCT device_id, seq FROM telemetry)",
     )
     .await?;
-    pool.close().await;
+    probe.close().await;
     Ok(n)
 }
 
@@ -329,13 +339,24 @@ async fn drover_side(
     let tps = procfs::clock_ticks_per_second();
     let data = dir.join("drover");
     std::fs::create_dir_all(&data)?;
+    let fresh_db = match &args.database_url {
+        Some(url) => Some(FreshDatabase::create(url).await?),
+        None => None,
+    };
+    let backing = server::Backing {
+        database_url: fresh_db.as_ref().map(|d| d.url.clone()),
+        ..Default::default()
+    };
     let server::Fresh {
         server, api, jwt, ..
-    } = server::start_fresh(server_bin, &data).await?;
+    } = server::start_fresh_backed(server_bin, &data, &backing).await?;
     let join_command = api.join_command(&jwt, args.devices).await?;
     let join = parse_join(&join_command)
         .with_context(|| format!("the join command `{join_command}` lacks a flag"))?;
-    let pool = crate::simulate::open_store(&data).await?;
+    let pool = match &fresh_db {
+        Some(d) => crate::simulate::open_postgres(&d.url).await?,
+        None => crate::simulate::open_store(&data).await?,
+    };
     let state = data.join("sim");
     let target = u64::from(args.devices);
     let deadline =
@@ -424,7 +445,17 @@ async fn drover_side(
     let stored = count(&pool, "SELECT COUNT(*) FROM telemetry_seen").await?;
     pool.close().await;
     let _ = server.stop().await;
+    if let Some(d) = fresh_db
+        && !args.keep_data
+    {
+        d.drop_it().await;
+    }
     Ok(DroverSide {
+        store: if args.database_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         devices: args.devices,
         offered_rate: f64::from(args.devices) * args.rate,
         online_s: enrolled.all_online_s,
@@ -439,10 +470,76 @@ async fn drover_side(
     })
 }
 
+/// A PostgreSQL database made for one run.
+struct FreshDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl FreshDatabase {
+    /// Creates `drover_bench_<pid>_<ms>` on the server `admin_url` points at.
+    async fn create(admin_url: &str) -> Result<FreshDatabase> {
+        let name = format!(
+            "drover_bench_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        );
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(admin_url)
+            .await
+            .with_context(|| format!("connecting to {admin_url}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("creating the database {name}"))?;
+        let base = admin_url.split('?').next().unwrap_or(admin_url);
+        let url = match base.rsplit_once('/') {
+            Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
+                format!("{server}/{name}")
+            }
+            _ => bail!("{admin_url} names no database to replace (postgres://USER@HOST:PORT/DB)"),
+        };
+        Ok(FreshDatabase {
+            admin: admin_url.to_string(),
+            name,
+            url,
+        })
+    }
+
+    /// Drops the database (a failure is only reported).
+    async fn drop_it(self) {
+        let dropped = async {
+            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&self.admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut admin)
+            .await
+        }
+        .await;
+        if let Err(e) = dropped {
+            eprintln!("could not drop the database {}: {e}", self.name);
+        }
+    }
+}
+
+/// This run's section: the store decides.
+fn heading(args: &Args) -> &'static str {
+    if args.database_url.is_some() {
+        HEADING_POSTGRES
+    } else {
+        HEADING
+    }
+}
+
 fn markdown(f: &Figures, args: &Args, command: &str, m: &Machine) -> String {
     let mut o = String::new();
     let (p, d) = (&f.python, &f.drover);
-    let _ = writeln!(o, "{HEADING}\n");
+    let _ = writeln!(o, "{}\n", heading(args));
     let _ = writeln!(
         o,
         "Measured {} on {} ({} cores, {:.1} GiB, {}; {}). Every process (servers, brokers, \
@@ -465,7 +562,7 @@ fn markdown(f: &Figures, args: &Args, command: &str, m: &Machine) -> String {
          file. *Drover:* one `drover-agent simulate` process runs {} devices (each its own \
          enrollment and mutual-TLS session to the embedded broker, readings of four metrics \
          spooled and published in batches) offering {} readings/s each against the release \
-         server on SQLite; once every device is online, readings stored \
+         server on {}; once every device is online, readings stored \
          (`telemetry_seen`) are counted over {} s. The simulator is then stopped and started \
          again on the same state, generating almost nothing, until the store stops growing: a \
          reading generated and never stored is lost (offered faster than it is taken, a \
@@ -478,6 +575,7 @@ fn markdown(f: &Figures, args: &Args, command: &str, m: &Machine) -> String {
         flood::METRICS.len(),
         args.devices,
         args.rate,
+        d.store,
         args.hold_s
     );
     let _ = writeln!(
@@ -498,7 +596,8 @@ fn markdown(f: &Figures, args: &Args, command: &str, m: &Machine) -> String {
     );
     let _ = writeln!(
         o,
-        "| Drover (simulate → embedded broker → SQLite) | {:.0}/s ({} devices × {}/s); {} generated in all | {} ({} in the {:.0} s window) | {} | **{:.0}** | server {:.0}, simulator {:.0} | {:.0} |",
+        "| Drover (simulate → embedded broker → {}) | {:.0}/s ({} devices × {}/s); {} generated in all | {} ({} in the {:.0} s window) | {} | **{:.0}** | server {:.0}, simulator {:.0} | {:.0} |",
+        d.store,
         d.offered_rate,
         d.devices,
         args.rate,

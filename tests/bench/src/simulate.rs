@@ -159,9 +159,28 @@ struct Report {
     again: Start,
 }
 
+/// The server's store, opened to read figures from: its SQLite file or its PostgreSQL database.
+#[derive(Debug, Clone)]
+pub(crate) enum Probe {
+    /// The data directory's SQLite file, read-only.
+    Sqlite(SqlitePool),
+    /// A PostgreSQL database.
+    Postgres(sqlx::PgPool),
+}
+
+impl Probe {
+    /// Closes the pool.
+    pub(crate) async fn close(&self) {
+        match self {
+            Probe::Sqlite(p) => p.close().await,
+            Probe::Postgres(p) => p.close().await,
+        }
+    }
+}
+
 /// Opens the server's SQLite store in `data_dir` read-only (WAL: it never holds up a write).
-pub(crate) async fn open_store(data_dir: &Path) -> Result<SqlitePool> {
-    SqlitePoolOptions::new()
+pub(crate) async fn open_store(data_dir: &Path) -> Result<Probe> {
+    let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(
             SqliteConnectOptions::new()
@@ -170,24 +189,33 @@ pub(crate) async fn open_store(data_dir: &Path) -> Result<SqlitePool> {
                 .busy_timeout(Duration::from_secs(10)),
         )
         .await
-        .context("opening the server's store")
+        .context("opening the server's store")?;
+    Ok(Probe::Sqlite(pool))
+}
+
+/// Opens the server's PostgreSQL database.
+pub(crate) async fn open_postgres(url: &str) -> Result<Probe> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .context("opening the server's PostgreSQL database")?;
+    Ok(Probe::Postgres(pool))
 }
 
 /// One number from the store.
-pub(crate) async fn count(pool: &SqlitePool, sql: &str) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .with_context(|| format!("reading the store: {sql}"))?;
+pub(crate) async fn count(probe: &Probe, sql: &str) -> Result<u64> {
+    let sql_safe = || sqlx::AssertSqlSafe(sql.to_owned());
+    let n: std::result::Result<i64, sqlx::Error> = match probe {
+        Probe::Sqlite(p) => sqlx::query_scalar(sql_safe()).fetch_one(p).await,
+        Probe::Postgres(p) => sqlx::query_scalar(sql_safe()).fetch_one(p).await,
+    };
+    let n = n.with_context(|| format!("reading the store: {sql}"))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Waits until `target` devices are online (or `deadline`); prints progress.
-pub(crate) async fn until_online(
-    pool: &SqlitePool,
-    target: u64,
-    deadline: Duration,
-) -> Result<Start> {
+pub(crate) async fn until_online(pool: &Probe, target: u64, deadline: Duration) -> Result<Start> {
     let started = Instant::now();
     let mut last_print = Instant::now();
     loop {
@@ -210,7 +238,7 @@ pub(crate) async fn until_online(
 }
 
 /// Waits until no device is shown online (after a stop, their goodbyes are stored).
-pub(crate) async fn until_offline(pool: &SqlitePool, deadline: Duration) -> Result<()> {
+pub(crate) async fn until_offline(pool: &Probe, deadline: Duration) -> Result<()> {
     let started = Instant::now();
     loop {
         let online = count(pool, "SELECT COUNT(*) FROM devices WHERE online").await?;
