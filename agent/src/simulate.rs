@@ -489,7 +489,8 @@ impl Device {
         let (orders_in, orders) = mpsc::channel(COMMAND_QUEUE);
         let now = self.counters.running.fetch_add(1, Ordering::Relaxed) + 1;
         self.counters.peak.fetch_max(now, Ordering::Relaxed);
-        let readings = self.readings(&spool, &spooled, &shared, &vitals);
+        let counted = Mutex::new(shared.lock().update_state);
+        let readings = self.readings(&spool, &spooled, &shared, &vitals, &counted);
         tokio::select! {
             () = keeper.keep_alive(crate::now) => {}
             () = daemon::serve_commands(self.state.clone(), commands, orders_in) => {}
@@ -498,6 +499,8 @@ impl Device {
             () = readings => {}
             _ = stopping.changed() => {}
         }
+        // An update that ended since the last reading's tick is counted too.
+        self.count_update_change(&shared, &counted);
         self.counters.running.fetch_sub(1, Ordering::Relaxed);
         let _ = stop_publisher.send(true);
         let _ = publishing.await;
@@ -511,23 +514,17 @@ impl Device {
         spooled: &Notify,
         shared: &SharedState,
         vitals: &Mutex<Vitals>,
+        counted: &Mutex<Option<UpdateState>>,
     ) {
         let period = Duration::from_secs_f64(1.0 / self.options.rate_hz);
         // Devices started together do not report in lockstep.
         let phase = period.mul_f64(Rng::seeded(u64::from(self.index)).unit());
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_state = shared.lock().update_state;
         loop {
             tick.tick().await;
-            let (versions, state) = {
-                let shared = shared.lock();
-                (shared.versions.clone(), shared.update_state)
-            };
-            if state != last_state {
-                self.count_update(state);
-                last_state = state;
-            }
+            self.count_update_change(shared, counted);
+            let versions = shared.lock().versions.clone();
             let metrics = vitals
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -548,6 +545,16 @@ impl Device {
                 }
                 Err(e) => tracing::warn!(device = self.index, error = %e, "cannot spool a reading"),
             }
+        }
+    }
+
+    /// Counts the update state if it changed since it was last counted.
+    fn count_update_change(&self, shared: &SharedState, counted: &Mutex<Option<UpdateState>>) {
+        let state = shared.lock().update_state;
+        let mut last = counted.lock().unwrap_or_else(PoisonError::into_inner);
+        if state != *last {
+            self.count_update(state);
+            *last = state;
         }
     }
 
