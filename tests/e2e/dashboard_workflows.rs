@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use drover_tests::{DeviceKey, TestApp, spawn_app, wait_until};
+use drover_tests::{DeviceKey, TestApp, shows_escaped, spawn_app, wait_until};
 use serde_json::{Value, json};
 
 use crate::dashboard::{now_ms, operator_with_password, page_csrf, sign_in};
@@ -21,23 +21,6 @@ fn element<'a>(html: &'a str, id: &str, tag: &str) -> &'a str {
         .find(&format!("</{tag}>"))
         .unwrap_or_else(|| panic!("#{id} is closed"));
     &html[start..start + end]
-}
-
-/// True when `raw` appears escaped as askama writes it (decimal or named entities).
-fn shows_escaped(html: &str, raw: &str) -> bool {
-    let decimal = raw
-        .replace('&', "&#38;")
-        .replace('<', "&#60;")
-        .replace('>', "&#62;")
-        .replace('"', "&#34;")
-        .replace('\'', "&#39;");
-    let named = raw
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#x27;");
-    html.contains(&decimal) || html.contains(&named)
 }
 
 async fn enrollment_tokens(app: &TestApp, admin: &str) -> Value {

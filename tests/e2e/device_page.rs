@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_tests::{EnrolledDevice, TestApp, problem, spawn_app, spawn_app_with, wait_until};
+use drover_tests::{
+    EnrolledDevice, TestApp, problem, shows_escaped, spawn_app, spawn_app_with, wait_until,
+};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
 
@@ -318,30 +320,8 @@ async fn a_range_other_than_1h_24h_or_7d_is_refused_naming_range() {
     )));
 }
 
-/// `text` as the templates escape it (askama writes `&#60;` or `&lt;` and the like).
-fn escaped_forms(text: &str) -> [String; 2] {
-    let numeric = text
-        .replace('&', "&#38;")
-        .replace('<', "&#60;")
-        .replace('>', "&#62;")
-        .replace('"', "&#34;")
-        .replace('\'', "&#39;");
-    let named = text
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#x27;");
-    [numeric, named]
-}
-
 fn assert_escaped(html: &str, text: &str, what: &str) {
-    assert!(
-        escaped_forms(text)
-            .iter()
-            .any(|e| html.contains(e.as_str())),
-        "{what} is shown escaped: {text}"
-    );
+    assert!(shows_escaped(html, text), "{what} is shown escaped: {text}");
 }
 
 /// The HTML of the element with `id` up to its closing `tag` (no nesting of `tag` inside).

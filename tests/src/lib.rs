@@ -672,6 +672,24 @@ pub fn hidden_value(html: &str, name: &str) -> Option<String> {
     Some(html[start..start + end].to_string())
 }
 
+/// True when `raw` appears in `html` escaped as the templates write it (askama writes
+/// decimal entities such as `&#60;`; named ones such as `&lt;` are accepted too).
+pub fn shows_escaped(html: &str, raw: &str) -> bool {
+    let decimal = raw
+        .replace('&', "&#38;")
+        .replace('<', "&#60;")
+        .replace('>', "&#62;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;");
+    let named = raw
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;");
+    html.contains(&decimal) || html.contains(&named)
+}
+
 /// Path of a workspace binary, built once per test process.
 pub fn binary(package: &str, name: &str) -> PathBuf {
     static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
