@@ -245,15 +245,7 @@ async fn a_drift_injected_into_one_devices_readings_is_flagged_and_a_steady_one_
     // engine scores once a minute).
     let alerts = |id: String| {
         let (app, admin) = (&app, &admin);
-        async move {
-            let body: Value = app
-                .get(admin, &format!("/api/v1/alerts?device_id={id}"))
-                .await
-                .json()
-                .await
-                .expect("alerts");
-            body["items"].as_array().expect("items").len()
-        }
+        async move { app.device_alerts(admin, &id).await.len() }
     };
     let fired = wait_until(Duration::from_secs(90), || async {
         alerts(moved.id.clone()).await > 0
@@ -527,15 +519,7 @@ async fn a_drift_rule_reaches_every_device_in_its_scope_over_successive_passes()
 
     let alerts = |id: String| {
         let (app, admin) = (&app, &admin);
-        async move {
-            let body: Value = app
-                .get(admin, &format!("/api/v1/alerts?device_id={id}"))
-                .await
-                .json()
-                .await
-                .expect("alerts");
-            body["items"].as_array().expect("items").clone()
-        }
+        async move { app.device_alerts(admin, &id).await }
     };
     let fired = wait_until(Duration::from_secs(30), || async {
         !alerts(moved.id.clone()).await.is_empty()

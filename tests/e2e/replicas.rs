@@ -322,16 +322,6 @@ async fn one_rollout_engine_fails_over_and_the_rollout_completes_with_blobs_from
     sim.stop().await;
 }
 
-async fn alerts(app: &TestApp, token: &str, device: &str) -> Vec<Value> {
-    let body: Value = app
-        .get(token, &format!("/api/v1/alerts?device_id={device}"))
-        .await
-        .json()
-        .await
-        .expect("alerts");
-    body["items"].as_array().expect("items").clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_rules_are_judged_once_by_one_replica_and_by_the_other_after_a_crash() {
     if !on_postgres() {
@@ -376,12 +366,12 @@ async fn alert_rules_are_judged_once_by_one_replica_and_by_the_other_after_a_cra
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     send(c, hot.clone(), 1).await;
     let fired = wait_until(Duration::from_secs(15), || async {
-        !alerts(&b, &admin, &hot.id).await.is_empty()
+        !b.device_alerts(&admin, &hot.id).await.is_empty()
     })
     .await;
     assert!(fired, "the hot board fires");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let list = alerts(&b, &admin, &hot.id).await;
+    let list = b.device_alerts(&admin, &hot.id).await;
     assert_eq!(list.len(), 1, "one alert, not one per replica: {list:?}");
 
     let _remains = a.crash().await;
@@ -397,7 +387,7 @@ async fn alert_rules_are_judged_once_by_one_replica_and_by_the_other_after_a_cra
         let admin = &admin;
         async move {
             send(c, later.clone(), now_ms()).await;
-            !alerts(b, admin, &later.id).await.is_empty()
+            !b.device_alerts(admin, &later.id).await.is_empty()
         }
     })
     .await;

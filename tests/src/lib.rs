@@ -475,6 +475,17 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A device's alerts, firing and resolved (`GET /api/v1/alerts?device_id=`).
+    pub async fn device_alerts(&self, token: &str, device_id: &str) -> Vec<Value> {
+        let body: Value = self
+            .get(token, &format!("/api/v1/alerts?device_id={device_id}"))
+            .await
+            .json()
+            .await
+            .expect("alerts");
+        body["items"].as_array().expect("items").clone()
+    }
+
     /// POST JSON with a bearer token.
     pub async fn post_json(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
         self.client
