@@ -622,19 +622,12 @@ fn scopes_sql(scopes: &[Scope], first: usize) -> Option<(String, Vec<String>)> {
     let mut args = Vec::new();
     let mut clauses = Vec::new();
     for s in scopes {
-        let mut parts = Vec::new();
-        if let Some(t) = &s.device_type {
-            args.push(t.clone());
-            parts.push(format!("d.device_type = ${}", args.len() + first - 1));
-        }
-        for (k, v) in &s.tags {
-            args.push(k.clone());
-            args.push(v.clone());
-            let (kn, vn) = (args.len() + first - 2, args.len() + first - 1);
-            parts.push(format!(
-                "EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = ${kn} AND t.value = ${vn})"
-            ));
-        }
+        let parts = crate::identity::devices::type_and_tags_conditions(
+            s.device_type.as_deref(),
+            &s.tags,
+            &mut args,
+            first - 1,
+        );
         clauses.push(format!("({})", parts.join(" AND ")));
     }
     Some((format!("({})", clauses.join(" OR ")), args))

@@ -1008,9 +1008,57 @@ pub async fn revoked_certificates(store: &Store) -> Result<Vec<(String, i64)>> {
         .collect())
 }
 
+/// SQL conditions that device `d` is of `device_type` (when given) and carries every tag in
+/// `tags`. Their values are appended to `binds` and numbered after `offset` parameters that
+/// come before `binds`' first. Rollout targets and alert-rule scopes filter devices this way.
+pub fn type_and_tags_conditions(
+    device_type: Option<&str>,
+    tags: &std::collections::BTreeMap<String, String>,
+    binds: &mut Vec<String>,
+    offset: usize,
+) -> Vec<String> {
+    let mut conditions = Vec::new();
+    if let Some(t) = device_type {
+        binds.push(t.to_owned());
+        conditions.push(format!("d.device_type = ${}", offset + binds.len()));
+    }
+    for (k, v) in tags {
+        binds.push(k.clone());
+        binds.push(v.clone());
+        conditions.push(format!(
+            "EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = ${} AND t.value = ${})",
+            offset + binds.len() - 1,
+            offset + binds.len()
+        ));
+    }
+    conditions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_and_tags_conditions_number_their_values_after_the_offset() {
+        let tags: std::collections::BTreeMap<String, String> = [
+            ("line".to_string(), "3".to_string()),
+            ("site".to_string(), "b".to_string()),
+        ]
+        .into();
+        let mut binds = vec!["earlier".to_string()];
+        let c = type_and_tags_conditions(Some("rpi4"), &tags, &mut binds, 2);
+        assert_eq!(
+            c,
+            [
+                "d.device_type = $4",
+                "EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = $5 AND t.value = $6)",
+                "EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = $7 AND t.value = $8)",
+            ]
+        );
+        assert_eq!(binds, ["earlier", "rpi4", "line", "3", "site", "b"]);
+        let mut none = Vec::new();
+        assert!(type_and_tags_conditions(None, &Default::default(), &mut none, 0).is_empty());
+    }
 
     fn bundle(name: &str, kind: &str, version: &str) -> drover_proto::InstalledBundle {
         serde_json::from_value(serde_json::json!({"name": name, "kind": kind, "version": version}))

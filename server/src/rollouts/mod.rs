@@ -319,22 +319,16 @@ fn validate(new: &NewRollout) -> Result<()> {
 pub async fn matching_devices(store: &Store, target: &Target) -> Result<Vec<String>> {
     let mut sql = String::from("SELECT d.id FROM devices d WHERE d.status = 'accepted'");
     let mut binds: Vec<String> = Vec::new();
-    if let Some(t) = target
+    let device_type = target
         .device_type
         .as_deref()
-        .filter(|t| !t.trim().is_empty())
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    for c in
+        crate::identity::devices::type_and_tags_conditions(device_type, &target.tags, &mut binds, 0)
     {
-        binds.push(t.trim().to_owned());
-        sql.push_str(&format!(" AND d.device_type = ${}", binds.len()));
-    }
-    for (k, v) in &target.tags {
-        binds.push(k.clone());
-        binds.push(v.clone());
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.key = ${} AND t.value = ${})",
-            binds.len() - 1,
-            binds.len()
-        ));
+        sql.push_str(" AND ");
+        sql.push_str(&c);
     }
     if !target.device_ids.is_empty() {
         let start = binds.len();
