@@ -33,7 +33,7 @@ pub struct Inbound {
 pub(crate) enum Acker {
     /// A message the server's broker session received.
     Broker {
-        client: AsyncClient,
+        acks: tokio::sync::mpsc::UnboundedSender<std::sync::Arc<rumqttc::Publish>>,
         publish: std::sync::Arc<rumqttc::Publish>,
     },
     /// A message a device session at the embedded broker's gateway received:
@@ -56,18 +56,9 @@ impl std::fmt::Debug for Acker {
 impl Acker {
     async fn ack(&self) {
         match self {
-            Acker::Broker { client, publish } => {
-                // Never wait on the link's request queue here: the event loop that empties it
-                // may itself be waiting for room in ingest's queue, which only this caller
-                // (ingest) makes. Waiting would deadlock a backlog flood for good.
-                if client.try_ack(publish).is_err() {
-                    let (client, publish) = (client.clone(), publish.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = client.ack(&publish).await {
-                            tracing::warn!(error = %e, "cannot acknowledge a message");
-                        }
-                    });
-                }
+            // The link's acknowledging task sends it: never wait here (see `acknowledge`).
+            Acker::Broker { acks, publish } => {
+                let _ = acks.send(publish.clone());
             }
             // A session that has gone away needs no acknowledgement.
             Acker::Session { tx, pkid } => {
@@ -106,6 +97,8 @@ pub const PLAIN_SUBSCRIPTIONS: [&str; 1] = ["drover/v1/devices/+/state"];
 #[derive(Clone)]
 pub struct MqttLink {
     client: AsyncClient,
+    /// Stored messages for [`acknowledge`] to acknowledge.
+    acks: tokio::sync::mpsc::UnboundedSender<std::sync::Arc<rumqttc::Publish>>,
     subscriptions: &'static [&'static str],
     events: broadcast::Sender<Inbound>,
     ingest: Option<tokio::sync::mpsc::Sender<Inbound>>,
@@ -150,9 +143,9 @@ impl MqttLink {
                 super::broker::MAX_PACKET_BYTES,
             )
             .set_inflight(100);
-        // Ingest acknowledges a whole batch at once (up to its 10,000 messages): room for all
-        // of them keeps those acknowledgements off the spawned fallback.
         let (client, eventloop) = AsyncClient::new(options, 16_384);
+        let (acks, pending) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(acknowledge(client.clone(), pending));
         let (events, _) = broadcast::channel(4096);
         let touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>> =
             Default::default();
@@ -165,6 +158,7 @@ impl MqttLink {
         ));
         let link = MqttLink {
             client,
+            acks,
             subscriptions,
             events,
             ingest,
@@ -259,7 +253,7 @@ impl MqttLink {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     // Telemetry and health are acknowledged by ingest after they are stored.
                     let acker = Acker::Broker {
-                        client: self.client.clone(),
+                        acks: self.acks.clone(),
                         publish: std::sync::Arc::new(publish),
                     };
                     self.dispatch(acker).await;
@@ -340,6 +334,23 @@ impl MqttLink {
                     a.ack().await;
                 }
             }
+        }
+    }
+}
+
+/// Acknowledges stored messages to the broker, in the order they were stored, until the link
+/// is gone. Ingest must never wait on the link's request queue: the event loop that empties it
+/// may itself be waiting for room in ingest's queue, and a backlog flood would deadlock for
+/// good. So ingest hands its acknowledgements here without waiting, and this one task waits
+/// for room. (A task per acknowledgement waiting on a full queue cost O(n²): each one leaving
+/// flume's queue of waiting senders scans all the others, 15 % of the server's CPU in a flood.)
+async fn acknowledge(
+    client: AsyncClient,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<std::sync::Arc<rumqttc::Publish>>,
+) {
+    while let Some(publish) = pending.recv().await {
+        if let Err(e) = client.ack(&publish).await {
+            tracing::warn!(error = %e, "cannot acknowledge a message");
         }
     }
 }
