@@ -28,16 +28,6 @@ async fn rule(app: &TestApp, token: &str, body: Value) -> Value {
     res.json().await.expect("rule")
 }
 
-async fn alerts(app: &TestApp, token: &str, query: &str) -> Vec<Value> {
-    let body: Value = app
-        .get(token, &format!("/api/v1/alerts?{query}"))
-        .await
-        .json()
-        .await
-        .expect("alerts");
-    body["items"].as_array().expect("items").clone()
-}
-
 async fn connect(app: &TestApp, d: &EnrolledDevice) -> AsyncClient {
     let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, d))
         .await
@@ -90,16 +80,16 @@ async fn an_alert_fires_only_after_its_time_and_resolves_when_the_condition_clea
     reading(&n, &noisy, 2, "temp_c", 60.0).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(
-        alerts(&app, &admin, "state=firing").await.is_empty(),
+        app.alerts(&admin, "state=firing").await.is_empty(),
         "nothing fires before 3 s"
     );
     reading(&c, &hot, 2, "temp_c", 86.5).await;
     let fired = wait_until(Duration::from_secs(15), || async {
-        !alerts(&app, &admin, "state=firing").await.is_empty()
+        !app.alerts(&admin, "state=firing").await.is_empty()
     })
     .await;
     assert!(fired, "the alert fires once the condition held for 3 s");
-    let firing = alerts(&app, &admin, "state=firing").await;
+    let firing = app.alerts(&admin, "state=firing").await;
     assert_eq!(firing.len(), 1, "only the hot device: {firing:?}");
     let a = &firing[0];
     assert_eq!(a["device_id"], hot.id.as_str());
@@ -141,8 +131,8 @@ async fn an_alert_fires_only_after_its_time_and_resolves_when_the_condition_clea
 
     reading(&c, &hot, 3, "temp_c", 70.0).await;
     let resolved = wait_until(Duration::from_secs(10), || async {
-        alerts(&app, &admin, "state=firing").await.is_empty()
-            && alerts(&app, &admin, "state=resolved").await.len() == 1
+        app.alerts(&admin, "state=firing").await.is_empty()
+            && app.alerts(&admin, "state=resolved").await.len() == 1
     })
     .await;
     assert!(resolved, "it resolves when the condition clears");
@@ -168,7 +158,7 @@ async fn a_firing_alert_survives_a_restart_and_resolves_after_it() {
     let c = connect(&app, &d).await;
     reading(&c, &d, 1, "cpu_pct", 99.0).await;
     let fired = wait_until(Duration::from_secs(10), || async {
-        alerts(&app, &admin, "state=firing").await.len() == 1
+        app.alerts(&admin, "state=firing").await.len() == 1
     })
     .await;
     assert!(fired, "for_seconds 0 fires at the first reading");
@@ -179,16 +169,16 @@ async fn a_firing_alert_survives_a_restart_and_resolves_after_it() {
     let c = connect(&app, &d).await;
     reading(&c, &d, 2, "cpu_pct", 97.0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let firing = alerts(&app, &admin, "state=firing").await;
+    let firing = app.alerts(&admin, "state=firing").await;
     assert_eq!(
         firing.len(),
         1,
         "still the one alert, not fired again: {firing:?}"
     );
-    assert_eq!(alerts(&app, &admin, "").await.len(), 1);
+    assert_eq!(app.alerts(&admin, "").await.len(), 1);
     reading(&c, &d, 3, "cpu_pct", 20.0).await;
     let resolved = wait_until(Duration::from_secs(10), || async {
-        alerts(&app, &admin, "state=resolved").await.len() == 1
+        app.alerts(&admin, "state=resolved").await.len() == 1
     })
     .await;
     assert!(
@@ -224,10 +214,10 @@ async fn heartbeat_missing_fires_for_a_stopped_agent() {
     })
     .await;
     assert!(up, "the agent comes online");
-    assert!(alerts(&app, &admin, "state=firing").await.is_empty());
+    assert!(app.alerts(&admin, "state=firing").await.is_empty());
     sim.stop().await;
     let fired = wait_until(Duration::from_secs(20), || async {
-        alerts(&app, &admin, "state=firing")
+        app.alerts(&admin, "state=firing")
             .await
             .iter()
             .any(|a| a["metric"] == "heartbeat_missing")

@@ -475,15 +475,20 @@ impl TestApp {
             .expect("request")
     }
 
-    /// A device's alerts, firing and resolved (`GET /api/v1/alerts?device_id=`).
-    pub async fn device_alerts(&self, token: &str, device_id: &str) -> Vec<Value> {
+    /// The alerts a query string selects (`GET /api/v1/alerts?QUERY`).
+    pub async fn alerts(&self, token: &str, query: &str) -> Vec<Value> {
         let body: Value = self
-            .get(token, &format!("/api/v1/alerts?device_id={device_id}"))
+            .get(token, &format!("/api/v1/alerts?{query}"))
             .await
             .json()
             .await
             .expect("alerts");
         body["items"].as_array().expect("items").clone()
+    }
+
+    /// A device's alerts, firing and resolved (`GET /api/v1/alerts?device_id=`).
+    pub async fn device_alerts(&self, token: &str, device_id: &str) -> Vec<Value> {
+        self.alerts(token, &format!("device_id={device_id}")).await
     }
 
     /// POST JSON with a bearer token.
