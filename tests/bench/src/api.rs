@@ -106,6 +106,30 @@ impl Api {
         serde_json::from_str(&text).with_context(|| format!("GET {path} did not answer JSON"))
     }
 
+    /// Readings the server has committed since it started, from its `/metrics` counter: a
+    /// poll that costs the store nothing, where counting rows read a growing table while it
+    /// was being written.
+    pub async fn readings_stored(&self) -> Result<u64> {
+        const COUNTER: &str = "drover_telemetry_readings_stored_total ";
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .context("GET /metrics")?
+            .error_for_status()
+            .context("GET /metrics")?
+            .text()
+            .await
+            .context("GET /metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(COUNTER))
+            .context("/metrics has no drover_telemetry_readings_stored_total")?
+            .trim()
+            .parse()
+            .context("drover_telemetry_readings_stored_total is not a count")
+    }
+
     /// `POST path` with a JSON body; answers the JSON answer (an error for a non-2xx status).
     pub async fn post(&self, jwt: Option<&str>, path: &str, body: &Value) -> Result<Value> {
         let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
