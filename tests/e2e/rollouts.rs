@@ -952,3 +952,80 @@ async fn a_halt_after_successes_rolls_the_updated_devices_back() {
     good.stop().await;
     bad.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_targeted_by_tags_updates_only_the_devices_carrying_them() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let _north = fleet(&app, &admin, 3, "north", &["--tag", "site=north"]).await;
+    let _south = fleet(&app, &admin, 2, "south", &["--tag", "site=south"]).await;
+    let v1 = model(&app, &admin, "1.0.0").await;
+    let north = json!({"device_type": "rpi4", "tags": {"site": "north"}});
+    let preview: Value = app
+        .post_json(
+            &admin,
+            "/api/v1/rollouts/preview",
+            &json!({"bundle_id": v1, "target": north, "phases": [{"percent": 100}]}),
+        )
+        .await
+        .json()
+        .await
+        .expect("preview");
+    assert_eq!(preview["matching"], 3, "{preview}");
+
+    // Every tag must match: the north devices carry no `line`, so a target that also asks for
+    // one matches nobody, and is refused rather than started empty.
+    let nobody = app
+        .post_json(
+            &admin,
+            "/api/v1/rollouts",
+            &json!({"name": "nobody", "bundle_id": v1, "phases": [{"percent": 100}],
+                    "target": {"device_type": "rpi4", "tags": {"site": "north", "line": "7"}}}),
+        )
+        .await;
+    let refused = problem(nobody, 422).await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("matches no accepted device")),
+        "{refused}"
+    );
+
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "north only", "bundle_id": v1, "target": north, "phases": [{"percent": 100}]}),
+    )
+    .await;
+    let id = r["id"].as_str().expect("id").to_owned();
+    let done = until_state(&app, &admin, &id, "completed").await;
+    assert_eq!(done["counts"]["succeeded"], 3, "{done}");
+    let list = members(&app, &admin, &id).await;
+    assert_eq!(list.len(), 3, "{list:?}");
+    for m in &list {
+        let device = app
+            .device(&admin, m["device_id"].as_str().expect("device_id"))
+            .await;
+        assert_eq!(device["tags"]["site"], "north", "{device}");
+        assert_eq!(m["version"], "1.0.0", "{m}");
+    }
+    // Only the members were offered the bundle, each once; the other site heard nothing.
+    assert_eq!(offers(&app, &id).await, (3, 3));
+    let south: Value = app
+        .get(&admin, "/api/v1/devices?tag=site:south")
+        .await
+        .json()
+        .await
+        .expect("device list");
+    let south = south["items"].as_array().expect("items");
+    assert_eq!(south.len(), 2, "{south:?}");
+    for d in south {
+        let offered = scalar(
+            &app,
+            "SELECT COUNT(*) FROM device_offers WHERE device_id = $1",
+            d["id"].as_str().expect("id"),
+        )
+        .await;
+        assert_eq!(offered, 0, "{d}");
+    }
+}
