@@ -207,7 +207,7 @@ async fn telemetry_splits_between_replicas_stored_once_and_pages_on_both_see_all
         "no reading reached both replicas"
     );
     let rows: i64 = drover_server::on_store!(&a.store, pool => sqlx::query_scalar(
-        "SELECT COUNT(*) FROM telemetry_points WHERE device_id IN ($1, $2, $3)")
+        "SELECT COUNT(*) FROM telemetry_readings WHERE device_id IN ($1, $2, $3)")
         .bind(&devices[0].id).bind(&devices[1].id).bind(&devices[2].id)
         .fetch_one(pool).await)
     .expect("count rows");

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use drover_tests::{TestApp, agent, mqtt_connect, spawn_app, wait_until};
-use rumqttc::QoS;
+use drover_tests::{EnrolledDevice, TestApp, agent, mqtt_connect, spawn_app, wait_until};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
 
 fn now_ms() -> i64 {
@@ -32,8 +32,8 @@ async fn count(app: &TestApp, admin: &str, device: &str, metric: &str) -> usize 
         .map_or(0, Vec::len)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readings_are_stored_once_and_bad_ones_are_refused_without_stopping_the_rest() {
+/// A server, its admin's token, and an enrolled device connected over MQTT.
+async fn app_with_device() -> (TestApp, String, EnrolledDevice, AsyncClient) {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let d = app.enrolled_device(&admin).await;
@@ -41,6 +41,12 @@ async fn readings_are_stored_once_and_bad_ones_are_refused_without_stopping_the_
         .await
         .expect("connects");
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    (app, admin, d, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_are_stored_once_and_bad_ones_are_refused_without_stopping_the_rest() {
+    let (app, admin, d, client) = app_with_device().await;
     let t0 = now_ms() - 10 * 60_000;
     let batch: Vec<Value> = (1..=100)
         .map(|i| json!({"seq": i, "ts": t0 + i * 1000, "metrics": {"temp_c": 40.0 + i as f64 / 10.0, "cpu_pct": 5.0}}))
@@ -296,13 +302,7 @@ async fn an_agent_carries_readings_from_its_intake_to_the_store_and_reports_heal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_old_raw_points_and_keeps_rollups() {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let d = app.enrolled_device(&admin).await;
-    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
-        .await
-        .expect("connects");
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let (app, admin, d, client) = app_with_device().await;
     let day = 86_400_000;
     let old = now_ms() - 10 * day;
     let recent = now_ms() - day;
@@ -337,7 +337,7 @@ async fn retention_removes_old_raw_points_and_keeps_rollups() {
     .await
     .expect("retention");
     store.close().await;
-    assert_eq!((removed.points, removed.seen, removed.rollups), (2, 2, 0));
+    assert_eq!((removed.readings, removed.seen, removed.rollups), (2, 2, 0));
     let raw = points(&app, &admin, &d.id, "metric=temp_c&from=0").await;
     assert_eq!(
         raw["points"].as_array().expect("points").len(),
@@ -362,13 +362,7 @@ async fn retention_removes_old_raw_points_and_keeps_rollups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_changes_are_events_and_silent_devices_go_offline() {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let d = app.enrolled_device(&admin).await;
-    let (client, mut eventloop) = mqtt_connect(app.mqtt_options(&d.id, &d))
-        .await
-        .expect("connects");
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let (app, admin, d, client) = app_with_device().await;
     client
         .publish(
             d.topic("state"),
@@ -483,4 +477,171 @@ async fn a_pubacked_reading_is_already_stored() {
     // No waiting: the device dropped these from its spool on PUBACK.
     let stored = count(&app, &admin, &d.id, "load").await;
     assert_eq!(stored, 2000, "every acknowledged reading is stored by then");
+}
+
+/// Points stored a row per metric, before migration 0020, come through it as one
+/// row per reading with every value exactly as stored, and are read back with the
+/// versions their device ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_stored_a_row_per_metric_are_kept_exactly_as_one_row_per_reading() {
+    use drover_server::on_store;
+    use drover_server::store::Store;
+    use drover_server::telemetry::{Catalog, query};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = drover_tests::TestDb::new(dir.path()).await;
+    let store = Store::connect(&db.url).await.expect("store");
+    on_store!(&store, pool => match db.backend() {
+        "postgres" => sqlx::migrate!("../migrations/postgres").run_to(19, pool).await,
+        _ => sqlx::migrate!("../migrations/sqlite").run_to(19, pool).await,
+    })
+    .expect("the migrations before 0020");
+
+    // SQLite's migration writes values through its quote(), which keeps every
+    // double from about 1e-80 to 1e100 exactly (beyond, the last digit may move).
+    let awkward = [0.1 + 0.2, -2.5e-60, 7.1e99, 123_456_789.123_456_79, 40.0];
+    on_store!(&store, pool => {
+        // Ids as the store assigns them (PostgreSQL's are GENERATED ALWAYS).
+        let mut ids = Vec::new();
+        for (sql, key) in [
+            ("INSERT INTO metric_names (name) VALUES ($1) RETURNING id", "temp_c"),
+            ("INSERT INTO metric_names (name) VALUES ($1) RETURNING id", "cpu.pct"),
+            ("INSERT INTO version_sets (versions) VALUES ($1) RETURNING id", r#"{"bundle":"1.0.0"}"#),
+            ("INSERT INTO version_sets (versions) VALUES ($1) RETURNING id", r#"{"bundle":"1.1.0"}"#),
+        ] {
+            let id: i64 = sqlx::query_scalar(sql).bind(key).fetch_one(pool).await.expect("catalog");
+            ids.push(id);
+        }
+        let [temp, cpu, v1, v2] = ids[..] else { unreachable!("four ids") };
+        // d1: three readings, the last two under 1.1.0; d2: one reading.
+        let points: [(&str, i64, i64, f64, i64); 6] = [
+            ("d1", temp, 1_000, awkward[0], v1),
+            ("d1", cpu, 1_000, awkward[4], v1),
+            ("d1", temp, 2_000, awkward[1], v2),
+            ("d1", temp, 3_000, awkward[2], v2),
+            ("d1", cpu, 3_000, awkward[3], v2),
+            ("d2", temp, 1_000, 21.5, v1),
+        ];
+        for (device, metric, ts, value, vset) in points {
+            sqlx::query("INSERT INTO telemetry_points (device_id, metric_id, ts, value, version_set_id)
+                         VALUES ($1, $2, $3, $4, $5)")
+                .bind(device).bind(metric).bind(ts).bind(value).bind(vset)
+                .execute(pool).await.expect("point");
+        }
+        sqlx::query("INSERT INTO telemetry_latest (device_id, metric_id, ts, value)
+                     VALUES ('d1', $1, 3000, $2), ('d1', $3, 3000, $4)")
+            .bind(temp).bind(awkward[2]).bind(cpu).bind(awkward[3]).execute(pool).await.expect("latest");
+    });
+
+    store.migrate().await.expect("migration 0020");
+
+    let rows: i64 =
+        on_store!(&store, pool => sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_readings")
+        .fetch_one(pool).await)
+        .expect("count");
+    assert_eq!(rows, 4, "one row per (device, ts, version set)");
+    let old_table = on_store!(&store, pool => sqlx::query("SELECT 1 FROM telemetry_points")
+        .fetch_all(pool).await.map(|r| r.len()));
+    assert!(old_table.is_err(), "the per-metric table is gone");
+
+    let catalog = Catalog::default();
+    let series = |metric: &'static str, device: &'static str| {
+        let (store, catalog) = (&store, &catalog);
+        async move {
+            query::raw(store, catalog, device, metric, 0, 10_000)
+                .await
+                .expect("raw")
+                .into_iter()
+                .map(|p| (p.ts, p.value))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        series("temp_c", "d1").await,
+        vec![
+            (1_000, awkward[0]),
+            (2_000, awkward[1]),
+            (3_000, awkward[2])
+        ]
+    );
+    assert_eq!(
+        series("cpu.pct", "d1").await,
+        vec![(1_000, awkward[4]), (3_000, awkward[3])]
+    );
+    assert_eq!(series("temp_c", "d2").await, vec![(1_000, 21.5)]);
+    assert_eq!(series("cpu.pct", "d2").await, vec![]);
+    assert_eq!(series("nothing", "d1").await, vec![]);
+
+    let latest = query::latest(&store, "d1").await.expect("latest");
+    let seen: Vec<(&str, f64, Option<&str>)> = latest
+        .iter()
+        .map(|l| (l.metric.as_str(), l.value, l.versions.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("cpu.pct", awkward[3], Some(r#"{"bundle":"1.1.0"}"#)),
+            ("temp_c", awkward[2], Some(r#"{"bundle":"1.1.0"}"#)),
+        ]
+    );
+    store.close().await;
+}
+
+/// Every double a device sends comes back out of the API as the same double,
+/// the extremes included, and a metric missing from a reading is no point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_come_back_exactly_as_sent() {
+    let (app, admin, d, client) = app_with_device().await;
+    let sent = [
+        0.1 + 0.2,
+        5e-324,
+        -2.5e-310,
+        1e-300,
+        -1.797_693_134_862_315_7e308,
+        1e300,
+        123_456_789.123_456_79,
+        40.0,
+    ];
+    let t0 = now_ms() - 60_000;
+    let batch: Vec<Value> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut metrics = json!({"x": v});
+            if i % 2 == 0 {
+                metrics["even"] = json!(i);
+            }
+            json!({"seq": i + 1, "ts": t0 + i as i64, "metrics": metrics})
+        })
+        .collect();
+    let message = json!({"epoch": "e1", "versions": {}, "batch": batch}).to_string();
+    client
+        .publish(d.topic("telemetry"), QoS::AtLeastOnce, false, message)
+        .await
+        .expect("publish");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            count(&app, &admin, &d.id, "x").await == sent.len()
+        })
+        .await
+    );
+    // One field of every point of a series, as the API answers it.
+    let field = |metric: &'static str, name: &'static str| {
+        let (app, admin, device) = (&app, &admin, &d.id);
+        async move {
+            let answer = points(app, admin, device, &format!("metric={metric}&from=0")).await;
+            answer["points"]
+                .as_array()
+                .expect("points")
+                .iter()
+                .map(|p| p[name].clone())
+                .collect::<Vec<Value>>()
+        }
+    };
+    assert_eq!(field("x", "value").await, sent.map(|v| json!(v)));
+    assert_eq!(
+        field("even", "ts").await,
+        [t0, t0 + 2, t0 + 4, t0 + 6].map(|t| json!(t)),
+        "only the readings that had it"
+    );
 }

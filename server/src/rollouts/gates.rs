@@ -289,12 +289,13 @@ async fn group(
             start,
         )
     } else {
+        let value = crate::telemetry::metric_value(store, "r", "$3");
         (
             format!(
-                "SELECT p.device_id, SUM(p.value), COUNT(*) FROM telemetry_points p
-                  WHERE p.metric_id = $3 AND p.ts >= $4 AND p.ts < $5
-                    AND p.device_id IN ({members})
-                  GROUP BY p.device_id"
+                "SELECT r.device_id, SUM({value}), COUNT({value}) FROM telemetry_readings r
+                  WHERE r.ts >= $4 AND r.ts < $5 AND {value} IS NOT NULL
+                    AND r.device_id IN ({members})
+                  GROUP BY r.device_id"
             ),
             from,
         )

@@ -237,6 +237,24 @@ pub fn validate(
     Ok((good, bad))
 }
 
+/// A reading's metrics as its row keeps them: a JSON object keyed by metric id,
+/// `None` when none of them has an id.
+fn metrics_json(metrics: &[(String, f64)], ids: &HashMap<String, i64>) -> Option<String> {
+    use std::fmt::Write as _;
+    let mut json = String::with_capacity(2 + 24 * metrics.len());
+    for (name, value) in metrics {
+        let Some(id) = ids.get(name) else { continue };
+        json.push(if json.is_empty() { '{' } else { ',' });
+        // serde_json writes a double's shortest digits that read back exactly.
+        let _ = write!(json, "\"{id}\":{}", serde_json::Value::from(*value));
+    }
+    if json.is_empty() {
+        return None;
+    }
+    json.push('}');
+    Some(json)
+}
+
 /// A reading that passed validation (opaque outside this module).
 #[derive(Debug, Clone)]
 pub struct ValidReading(Valid);
@@ -414,7 +432,7 @@ impl Ingest {
         }
     }
 
-    /// One transaction: seen keys, points, rollups, latest values, health.
+    /// One transaction: seen keys, readings, rollups, latest values, health.
     /// Answers which readings were new (their indexes) and how many were duplicates.
     async fn write(
         &self,
@@ -427,9 +445,9 @@ impl Ingest {
         // Multi-row statements: a batch costs a few statements whatever its size, where one
         // statement per row paid a round trip to the database (on SQLite, to its worker thread)
         // for every point, rollup and latest value.
-        let (least, greatest) = match &self.store {
-            Store::Sqlite(_) => ("MIN", "MAX"),
-            Store::Postgres(_) => ("LEAST", "GREATEST"),
+        let (least, greatest, metrics_cast) = match &self.store {
+            Store::Sqlite(_) => ("MIN", "MAX", ""),
+            Store::Postgres(_) => ("LEAST", "GREATEST", "::jsonb"),
         };
         let rollup_conflict = format!(
             " ON CONFLICT (device_id, metric_id, bucket, version_set_id) DO UPDATE SET
@@ -455,7 +473,7 @@ impl Ingest {
             // (device, metric, bucket, version set) → (min, max, sum, count)
             let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
             let mut latest: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
-            let mut points: Vec<(&str, i64, i64, f64, i64)> = Vec::new();
+            let mut rows: Vec<(&str, i64, i64, String)> = Vec::with_capacity(readings.len());
             for (i, r) in readings.iter().enumerate() {
                 if !inserted.remove(&(r.device_id.clone(), r.epoch.clone(), r.seq)) {
                     duplicates += 1;
@@ -463,9 +481,11 @@ impl Ingest {
                 }
                 fresh_ones.push(i);
                 let vset = version_ids.get(&r.versions).copied().unwrap_or(0);
+                if let Some(metrics) = metrics_json(&r.metrics, metric_ids) {
+                    rows.push((r.device_id.as_str(), r.ts, vset, metrics));
+                }
                 for (name, value) in &r.metrics {
                     let Some(&metric) = metric_ids.get(name) else { continue };
-                    points.push((r.device_id.as_str(), metric, r.ts, *value, vset));
                     let bucket = r.ts - r.ts.rem_euclid(BUCKET_MS);
                     let e = rollups.entry((r.device_id.clone(), metric, bucket, vset)).or_insert((*value, *value, 0.0, 0));
                     e.0 = e.0.min(*value);
@@ -478,11 +498,12 @@ impl Ingest {
                     }
                 }
             }
-            for chunk in points.chunks(ROWS_PER_STATEMENT) {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO telemetry_points (device_id, metric_id, ts, value, version_set_id) ");
-                q.push_values(chunk, |mut b, p| {
-                    b.push_bind(p.0).push_bind(p.1).push_bind(p.2).push_bind(p.3).push_bind(p.4);
+                    "INSERT INTO telemetry_readings (device_id, ts, version_set_id, metrics) ");
+                q.push_values(chunk, |mut b, row| {
+                    b.push_bind(row.0).push_bind(row.1).push_bind(row.2).push_bind(row.3.as_str())
+                        .push_unseparated(metrics_cast);
                 });
                 q.build().execute(&mut *tx).await?;
             }
@@ -553,6 +574,30 @@ mod tests {
         .unwrap();
         assert_eq!((good.len(), bad.len()), (1, 1));
         assert_eq!(bad[0].reason, "bad_metric_name");
+    }
+
+    #[test]
+    fn a_readings_metrics_are_kept_by_id_and_read_back_exactly() {
+        let ids: HashMap<String, i64> = [("temp_c".to_string(), 1), ("cpu.pct".to_string(), 12)]
+            .into_iter()
+            .collect();
+        let metrics = vec![
+            ("temp_c".to_string(), 0.1 + 0.2),
+            ("unknown".to_string(), 1.0),
+            ("cpu.pct".to_string(), 40.0),
+        ];
+        let json = metrics_json(&metrics, &ids).expect("two known metrics");
+        assert_eq!(json, r#"{"1":0.30000000000000004,"12":40.0}"#);
+        let back: HashMap<String, f64> = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(back["1"], 0.1 + 0.2);
+        let tiny = vec![
+            ("temp_c".to_string(), -2.5e-310),
+            ("cpu.pct".to_string(), 1e300),
+        ];
+        let back: HashMap<String, f64> =
+            serde_json::from_str(&metrics_json(&tiny, &ids).expect("json")).expect("valid");
+        assert_eq!((back["1"], back["12"]), (-2.5e-310, 1e300));
+        assert_eq!(metrics_json(&[("unknown".to_string(), 1.0)], &ids), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Telemetry and health: ingest from MQTT, queries for the API and the
 //! dashboard, and device events. Metric names and version sets are interned
-//! so each point row stays small.
+//! so each reading's row stays small.
 
 pub mod events;
 pub mod ingest;
@@ -101,6 +101,32 @@ impl Catalog {
             out.insert(k, id);
         }
         Ok(out)
+    }
+}
+
+/// SQL for the value (a double, NULL when absent) of the metric whose id is
+/// `metric` (a parameter or column) in the `telemetry_readings` row `row`: for
+/// sums and means. SQLite's JSON parser can be one unit in the last place off
+/// beyond about 1e±80, so values answered one by one come from [`metric_text`].
+pub(crate) fn metric_value(store: &Store, row: &str, metric: &str) -> String {
+    match store {
+        Store::Sqlite(_) => {
+            format!("CAST(json_extract({row}.metrics, '$.\"' || {metric} || '\"') AS REAL)")
+        }
+        Store::Postgres(_) => {
+            format!("CAST({row}.metrics ->> CAST({metric} AS TEXT) AS DOUBLE PRECISION)")
+        }
+    }
+}
+
+/// SQL for the value of a metric as the text it was stored as (NULL when
+/// absent), which parses back to exactly the double that was sent.
+pub(crate) fn metric_text(store: &Store, row: &str, metric: &str) -> String {
+    match store {
+        // `->` answers the stored JSON text of the number as it was written.
+        Store::Sqlite(_) => format!("({row}.metrics -> ('$.\"' || {metric} || '\"'))"),
+        // jsonb keeps numbers as exact decimals.
+        Store::Postgres(_) => format!("({row}.metrics ->> CAST({metric} AS TEXT))"),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::store::Store;
 pub const MAX_RAW_POINTS: i64 = 10_000;
 
 /// A raw point.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RawPoint {
     /// Milliseconds since the epoch.
     pub ts: i64,
@@ -48,10 +48,32 @@ pub async fn raw(
     let Some(metric_id) = catalog.find_metric(store, metric).await? else {
         return Ok(Vec::new());
     };
-    Ok(on_store!(store, pool => sqlx::query_as::<_, RawPoint>(
-        "SELECT ts, value FROM telemetry_points WHERE device_id = $1 AND metric_id = $2 AND ts >= $3 AND ts < $4
-         ORDER BY ts LIMIT $5")
-        .bind(device_id).bind(metric_id).bind(from).bind(to).bind(MAX_RAW_POINTS).fetch_all(pool).await)?)
+    let value = super::metric_text(store, "r", "$2");
+    let sql = format!(
+        "SELECT r.ts, {value} AS value FROM telemetry_readings r
+          WHERE r.device_id = $1 AND r.ts >= $3 AND r.ts < $4 AND {value} IS NOT NULL
+          ORDER BY r.ts LIMIT $5"
+    );
+    let rows: Vec<(i64, String)> = on_store!(store, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(device_id).bind(metric_id).bind(from).bind(to).bind(MAX_RAW_POINTS).fetch_all(pool).await)?;
+    // Ingest wrote every value as a JSON number; one that does not parse was not
+    // written by it, and is left out rather than failing the whole series.
+    Ok(rows
+        .into_iter()
+        .filter_map(|(ts, value)| match value.parse() {
+            Ok(value) => Some(RawPoint { ts, value }),
+            Err(_) => {
+                tracing::warn!(
+                    device_id,
+                    metric,
+                    ts,
+                    value,
+                    "stored reading is not a number"
+                );
+                None
+            }
+        })
+        .collect())
 }
 
 /// Buckets of `step_ms` (a whole number of minutes) from the one-minute rollups.
@@ -96,22 +118,27 @@ pub struct Latest {
     /// The value.
     pub value: f64,
     /// The versions the device ran then (canonical JSON `{"bundle":"1.2.0"}`);
-    /// `None` once retention has removed the raw point it came from.
+    /// `None` once retention has removed the raw reading it came from.
     pub versions: Option<String>,
 }
 
 /// The latest value of each of a device's metrics, by name, with the versions
 /// the device ran when it read them.
 pub async fn latest(store: &Store, device_id: &str) -> Result<Vec<Latest>> {
-    // telemetry_latest keeps no version set; the raw point at the same
-    // (device, metric, ts) has it and is found through the series index.
-    Ok(on_store!(store, pool => sqlx::query_as::<_, Latest>(
+    // telemetry_latest keeps no version set; the raw reading at the same
+    // (device, ts) that holds the metric has it, found through the series index.
+    let value = super::metric_text(store, "r", "l.metric_id");
+    let sql = format!(
         "SELECT m.name AS metric, l.ts, l.value,
-                (SELECT v.versions FROM telemetry_points p JOIN version_sets v ON v.id = p.version_set_id
-                 WHERE p.device_id = l.device_id AND p.metric_id = l.metric_id AND p.ts = l.ts LIMIT 1) AS versions
+                (SELECT v.versions FROM telemetry_readings r JOIN version_sets v ON v.id = r.version_set_id
+                 WHERE r.device_id = l.device_id AND r.ts = l.ts AND {value} IS NOT NULL LIMIT 1) AS versions
          FROM telemetry_latest l JOIN metric_names m ON m.id = l.metric_id
-         WHERE l.device_id = $1 ORDER BY m.name")
-        .bind(device_id).fetch_all(pool).await)?)
+         WHERE l.device_id = $1 ORDER BY m.name"
+    );
+    Ok(
+        on_store!(store, pool => sqlx::query_as::<_, Latest>(sqlx::AssertSqlSafe(sql))
+        .bind(device_id).fetch_all(pool).await)?,
+    )
 }
 
 /// The newest health report (raw JSON) and when it arrived.

@@ -1,4 +1,4 @@
-//! Retention and presence upkeep, run periodically: raw points past their
+//! Retention and presence upkeep, run periodically: raw readings past their
 //! retention are deleted in bounded batches (so SQLite's writer is never held
 //! for long), rollups live longer, and devices silent for longer than the
 //! offline timeout are marked offline with an event.
@@ -15,7 +15,7 @@ const DELETE_BATCH: i64 = 10_000;
 /// What retention keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// Raw points and de-duplication keys.
+    /// Raw readings and de-duplication keys.
     pub raw: Duration,
     /// One-minute rollups.
     pub rollups: Duration,
@@ -24,8 +24,8 @@ pub struct Retention {
 /// Rows removed by one pass.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Removed {
-    /// Raw points.
-    pub points: u64,
+    /// Raw readings.
+    pub readings: u64,
     /// De-duplication keys.
     pub seen: u64,
     /// Rollups.
@@ -43,20 +43,20 @@ pub async fn run_once(store: &Store, retention: Retention, now: i64) -> Result<R
     let mut removed = Removed::default();
     // SQLite has no DELETE … LIMIT by default: delete by rowid in batches.
     // PostgreSQL deletes in one statement without holding other writers.
-    let (points_sql, seen_sql, rollups_sql) = match store {
+    let (readings_sql, seen_sql, rollups_sql) = match store {
         Store::Sqlite(_) => (
-            "DELETE FROM telemetry_points WHERE rowid IN (SELECT rowid FROM telemetry_points WHERE ts < $1 LIMIT $2)",
+            "DELETE FROM telemetry_readings WHERE rowid IN (SELECT rowid FROM telemetry_readings WHERE ts < $1 LIMIT $2)",
             "DELETE FROM telemetry_seen WHERE rowid IN (SELECT rowid FROM telemetry_seen WHERE ts < $1 LIMIT $2)",
             "DELETE FROM telemetry_rollups WHERE rowid IN (SELECT rowid FROM telemetry_rollups WHERE bucket < $1 LIMIT $2)",
         ),
         Store::Postgres(_) => (
-            "DELETE FROM telemetry_points WHERE ts < $1 AND $2 > 0",
+            "DELETE FROM telemetry_readings WHERE ts < $1 AND $2 > 0",
             "DELETE FROM telemetry_seen WHERE ts < $1 AND $2 > 0",
             "DELETE FROM telemetry_rollups WHERE bucket < $1 AND $2 > 0",
         ),
     };
     for (sql, cut, counter) in [
-        (points_sql, raw_cutoff, &mut removed.points),
+        (readings_sql, raw_cutoff, &mut removed.readings),
         (seen_sql, raw_cutoff, &mut removed.seen),
         (rollups_sql, rollup_cutoff, &mut removed.rollups),
     ] {
@@ -118,7 +118,7 @@ pub async fn run(
         if passes.is_multiple_of(60) {
             match run_once(&store, retention, now_ms()).await {
                 Ok(r) if r != Removed::default() => tracing::info!(
-                    points = r.points,
+                    readings = r.readings,
                     rollups = r.rollups,
                     "telemetry retention"
                 ),

@@ -830,7 +830,7 @@ async fn seed(db: &Path, dataset: &Dataset) -> Result<Seeded> {
     let telemetry_started = Instant::now();
     let indexes = drop_indexes(
         &mut conn,
-        &["telemetry_points", "telemetry_seen", "telemetry_rollups"],
+        &["telemetry_readings", "telemetry_seen", "telemetry_rollups"],
     )
     .await?;
     write_telemetry(&mut conn, dataset, &mut seeded).await?;
@@ -1190,16 +1190,16 @@ async fn write_telemetry(
     );
 
     let seen_rows = Rows::new("telemetry_seen (device_id, epoch, seq, ts)", 4);
-    let point_rows = Rows::new(
-        "telemetry_points (device_id, metric_id, ts, value, version_set_id)",
-        5,
+    let reading_rows = Rows::new(
+        "telemetry_readings (device_id, ts, version_set_id, metrics)",
+        4,
     );
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut tx = conn.begin().await?;
     let mut in_tx = 0usize;
-    let mut points: Vec<(u32, usize, i64, f64)> =
-        Vec::with_capacity(READINGS_PER_BATCH * METRICS.len());
+    // A reading's metrics as the server writes them: a JSON object keyed by metric id.
+    let mut rows: Vec<(u32, i64, String)> = Vec::with_capacity(READINGS_PER_BATCH);
     for (done, batch) in readings.chunks(READINGS_PER_BATCH).enumerate() {
         seen_rows
             .insert(&mut tx, batch, |q, (ts, i, k)| {
@@ -1210,20 +1210,23 @@ async fn write_telemetry(
                     .bind(*ts)
             })
             .await?;
-        points.clear();
+        rows.clear();
         for (ts, i, k) in batch {
             let d = &dataset.devices[*i as usize];
-            for m in 0..METRICS.len() {
-                points.push((*i, m, *ts, Dataset::reading_value(d, *k, m)));
-            }
+            let metrics: serde_json::Map<String, serde_json::Value> = (0..METRICS.len())
+                .map(|m| {
+                    let value = Dataset::reading_value(d, *k, m);
+                    (metric_ids[m].to_string(), serde_json::Value::from(value))
+                })
+                .collect();
+            rows.push((*i, *ts, serde_json::Value::Object(metrics).to_string()));
         }
-        point_rows
-            .insert(&mut tx, &points, |q, (i, m, ts, value)| {
+        reading_rows
+            .insert(&mut tx, &rows, |q, (i, ts, metrics)| {
                 q.bind(dataset.devices[*i as usize].id.clone())
-                    .bind(metric_ids[*m])
                     .bind(*ts)
-                    .bind(*value)
                     .bind(vsets[*i as usize])
+                    .bind(metrics.clone())
             })
             .await?;
         in_tx += batch.len();
@@ -1243,9 +1246,7 @@ async fn write_telemetry(
     }
     tx.commit().await?;
     seeded.rows.push(("telemetry_seen", total as u64));
-    seeded
-        .rows
-        .push(("telemetry_points", (total * METRICS.len()) as u64));
+    seeded.rows.push(("telemetry_readings", total as u64));
     drop(readings);
 
     eprintln!("writing rollups and latest values");
