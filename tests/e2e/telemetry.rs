@@ -166,6 +166,10 @@ async fn readings_are_stored_once_and_bad_ones_are_refused_without_stopping_the_
         "{metrics}"
     );
     assert!(
+        metrics.contains("drover_telemetry_messages_total 6"),
+        "every telemetry message taken is counted, refused ones too: {metrics}"
+    );
+    assert!(
         metrics.contains("drover_telemetry_rejected_total{reason=\"invalid_json\"} 1"),
         "{metrics}"
     );

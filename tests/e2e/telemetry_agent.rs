@@ -223,7 +223,9 @@ struct Relay {
 }
 
 impl Relay {
-    async fn start(upstream: SocketAddr) -> Relay {
+    /// A relay that holds what the broker sends for `delay` (when not zero) before passing it
+    /// on: a slow link, where acknowledgements take that long to come back.
+    async fn start(upstream: SocketAddr, delay: Duration) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let port = listener.local_addr().expect("relay address").port();
         let (online, watch) = watch::channel(true);
@@ -243,8 +245,49 @@ impl Relay {
                     let Ok(mut broker) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    if delay.is_zero() {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut device, &mut broker) => {}
+                            _ = watch.wait_for(|online| !online) => {}
+                        }
+                        return;
+                    }
+                    let (mut from_device, mut to_device) = device.into_split();
+                    let (mut from_broker, mut to_broker) = broker.into_split();
+                    let up = tokio::io::copy(&mut from_device, &mut to_broker);
+                    let down = async {
+                        // Each chunk is sent on its own after the delay, in order.
+                        let (chunks, mut arriving) = tokio::sync::mpsc::unbounded_channel();
+                        let reading = async {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                match tokio::io::AsyncReadExt::read(&mut from_broker, &mut buf)
+                                    .await
+                                {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => {
+                                        let due = tokio::time::Instant::now() + delay;
+                                        if chunks.send((due, buf[..n].to_vec())).is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            drop(chunks);
+                        };
+                        let writing = async {
+                            while let Some((due, chunk)) = arriving.recv().await {
+                                tokio::time::sleep_until(due).await;
+                                if to_device.write_all(&chunk).await.is_err() {
+                                    break;
+                                }
+                            }
+                        };
+                        tokio::join!(reading, writing);
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut device, &mut broker) => {}
+                        _ = up => {}
+                        () = down => {}
                         _ = watch.wait_for(|online| !online) => {}
                     }
                 });
@@ -271,6 +314,11 @@ impl Drop for Relay {
 
 /// Points an enrolled agent's MQTT address at a relay to the broker it was given.
 async fn behind_relay(agent: &Agent) -> Relay {
+    behind_slow_relay(agent, Duration::ZERO).await
+}
+
+/// As [`behind_relay`], the broker's answers taking `delay` to arrive.
+async fn behind_slow_relay(agent: &Agent, delay: Duration) -> Relay {
     let path = agent.state.join("enrollment.json");
     let mut enrollment: Value =
         serde_json::from_slice(&std::fs::read(&path).expect("enrollment.json")).expect("JSON");
@@ -283,7 +331,7 @@ async fn behind_relay(agent: &Agent) -> Relay {
         .and_then(|rest| rest.rsplit_once(':'))
         .expect("mqtts://HOST:PORT");
     let port: u16 = port.parse().expect("port");
-    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port)), delay).await;
     enrollment["mqtt_url"] = json!(format!("mqtts://{host}:{}", relay.port));
     std::fs::write(&path, enrollment.to_string()).expect("write enrollment.json");
     relay
@@ -393,6 +441,55 @@ mod readings_spooled_while_the_agent_is_offline_arrive_when_it_returns {
     async fn on_mosquitto() {
         scenario(spawn_app_on_mosquitto().await).await;
     }
+}
+
+// 1c. On a slow link, readings handed over while a batch awaits its acknowledgement go together
+// in the next batch, not each in a message of its own.
+
+/// `drover_telemetry_messages_total` on the server.
+async fn messages_taken(app: &TestApp) -> u64 {
+    let metrics = app.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("drover_telemetry_messages_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no drover_telemetry_messages_total in {metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_arriving_while_a_batch_is_unacknowledged_wait_and_go_together() {
+    const BURST: u32 = 40;
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let a = enroll(&app, &admin, None).await;
+    let _network = behind_slow_relay(&a, Duration::from_millis(400)).await;
+    let daemon = run(&a.state).await;
+    let mut intake = Intake::connect(&a.state).await;
+    intake.send(0.0).await;
+    assert_stored_exactly(&app, &admin, &a.id, &[0.0]).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            spool_depth(&a.state).await == 0
+        })
+        .await,
+        "the first reading was acknowledged"
+    );
+    let before = messages_taken(&app).await;
+
+    // One at a time, 10 ms apart: all of them arrive within one round trip of the first.
+    for n in 1..=BURST {
+        intake.send(f64::from(n)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_stored_exactly(&app, &admin, &a.id, &values(0..BURST + 1)).await;
+    let messages = messages_taken(&app).await - before;
+    // The first goes at once; the others wait for its acknowledgement (400 ms) and go in one
+    // or two batches. Sending each as it came, up to 8 in flight, took 9 or more.
+    assert!(
+        (1..=4).contains(&messages),
+        "{BURST} readings went in {messages} messages"
+    );
+    drop(daemon);
 }
 
 // 2. SIGKILL over a full spool loses nothing the intake acknowledged; beyond the bound the

@@ -200,6 +200,17 @@ impl Flight {
     }
 }
 
+/// What [`Publisher::send_next`] sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// Nothing was waiting.
+    Nothing,
+    /// A batch with all that was waiting in its segment.
+    Partial,
+    /// A batch cut short: more is waiting.
+    Full,
+}
+
 /// How a session ended.
 enum End {
     Stopped,
@@ -331,13 +342,24 @@ impl Publisher {
         let mut connected = false;
         let mut cursor = Position::default();
         let mut more = false;
+        // The last batch took all that was waiting, and is in flight: what arrives meanwhile
+        // waits for its acknowledgement and goes in the next batch. An idle device sends each
+        // reading at once; under load a batch holds what arrived in one round trip.
+        let mut held = false;
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lost = |connected: bool, error: String| End::Lost { connected, error };
         loop {
-            if connected && more && flight.telemetry < MAX_IN_FLIGHT {
+            if connected
+                && more
+                && flight.telemetry < MAX_IN_FLIGHT
+                && !(held && flight.telemetry > 0)
+            {
                 match self.send_next(&client, &mut flight, &mut cursor).await {
-                    Ok(sent) => more = sent,
+                    Ok(sent) => {
+                        more = sent != Sent::Nothing;
+                        held = sent == Sent::Partial;
+                    }
                     Err(error) => return lost(connected, error),
                 }
                 continue;
@@ -404,13 +426,13 @@ impl Publisher {
         }
     }
 
-    /// Sends the next batch from `cursor`; false when the spool has nothing more to send.
+    /// Sends the next batch from `cursor`, and says whether it took all that was waiting.
     async fn send_next(
         &mut self,
         client: &AsyncClient,
         flight: &mut Flight,
         cursor: &mut Position,
-    ) -> Result<bool, String> {
+    ) -> Result<Sent, String> {
         let from = *cursor;
         let stored = self
             .with_spool(move |s| s.peek(from, MAX_BATCH_BYTES as u64))
@@ -419,7 +441,14 @@ impl Publisher {
         let n = plan_batch(&stored, MAX_BATCH_READINGS, MAX_BATCH_BYTES);
         let items = &stored[..n];
         let Some(span) = span_of(items) else {
-            return Ok(false);
+            return Ok(Sent::Nothing);
+        };
+        // Only a batch cut short by its limits or a change of versions knows more is waiting;
+        // the next segment's readings, if any, go once this batch is acknowledged.
+        let sent = if n < stored.len() || n == MAX_BATCH_READINGS {
+            Sent::Full
+        } else {
+            Sent::Partial
         };
         *cursor = span.end;
         match batch_message(items) {
@@ -436,7 +465,7 @@ impl Publisher {
                 tracing::debug!(readings = n, "telemetry batch sent");
             }
         }
-        Ok(true)
+        Ok(sent)
     }
 
     async fn publish_health(

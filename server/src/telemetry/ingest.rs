@@ -52,6 +52,9 @@ pub struct IngestMetrics {
     pub duplicates: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
+    /// Telemetry messages taken (a device's batch of readings is one); with `stored`, how well
+    /// devices batch.
+    pub messages: AtomicU64,
     /// Messages or readings refused, by reason.
     pub rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Messages waiting in the queue.
@@ -91,6 +94,12 @@ impl IngestMetrics {
             "drover_telemetry_duplicates_total",
             "Readings received again and not stored twice.",
             self.duplicates.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "drover_telemetry_messages_total",
+            "Telemetry messages taken from devices (a batch of readings is one message).",
+            self.messages.load(Ordering::Relaxed),
         );
         counter(
             &mut out,
@@ -399,6 +408,13 @@ impl Ingest {
             .duplicates
             .fetch_add(duplicates, Ordering::Relaxed);
         self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        let messages = batch
+            .iter()
+            .filter(|m| m.kind == TopicKind::Telemetry)
+            .count();
+        self.metrics
+            .messages
+            .fetch_add(messages as u64, Ordering::Relaxed);
         for (device_id, r) in rejections {
             self.metrics.reject(r.reason);
             events::record(&self.store, &device_id, "telemetry_rejected", &r.detail).await?;

@@ -110,7 +110,11 @@ impl Api {
     /// poll that costs the store nothing, where counting rows read a growing table while it
     /// was being written.
     pub async fn readings_stored(&self) -> Result<u64> {
-        const COUNTER: &str = "drover_telemetry_readings_stored_total ";
+        self.counter("drover_telemetry_readings_stored_total").await
+    }
+
+    /// The value of the unlabelled counter `name` on the server's `/metrics`.
+    pub async fn counter(&self, name: &str) -> Result<u64> {
         let text = self
             .client
             .get(format!("{}/metrics", self.base))
@@ -123,11 +127,11 @@ impl Api {
             .await
             .context("GET /metrics")?;
         text.lines()
-            .find_map(|l| l.strip_prefix(COUNTER))
-            .context("/metrics has no drover_telemetry_readings_stored_total")?
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .with_context(|| format!("/metrics has no {name}"))?
             .trim()
             .parse()
-            .context("drover_telemetry_readings_stored_total is not a count")
+            .with_context(|| format!("{name} is not a count"))
     }
 
     /// `POST path` with a JSON body; answers the JSON answer (an error for a non-2xx status).
