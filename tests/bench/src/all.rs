@@ -474,14 +474,7 @@ async fn measure(bench: Bench, name: &'static str, words: &[String], t: &mut Tab
             let (p, d) = (&f.python, &f.drover);
             t.push(B1, "Drover / Python readings stored per s", f.ratio());
             t.push(B1, "Drover readings stored per s", d.rate());
-            t.note(
-                B1,
-                "Drover readings stored per s",
-                format!(
-                    "offered {:.0}/s; {} of {} generated stored",
-                    d.offered_rate, d.stored, d.generated
-                ),
-            );
+            t.note(B1, "Drover readings stored per s", d.run_note());
             t.push(B1, "Python recipe readings stored per s", p.rate);
             t.note(
                 B1,
@@ -503,10 +496,7 @@ async fn measure(bench: Bench, name: &'static str, words: &[String], t: &mut Tab
             t.note(
                 B1,
                 "Drover (PostgreSQL) readings stored per s",
-                format!(
-                    "offered {:.0}/s; {} of {} generated stored",
-                    d.offered_rate, d.stored, d.generated
-                ),
+                d.run_note(),
             );
             t.push(B1, "readings lost, Drover (PostgreSQL)", d.lost() as f64);
         }

@@ -142,6 +142,18 @@ pub struct DroverSide {
 }
 
 impl DroverSide {
+    /// One run's load and outcome, for the Summary's last column.
+    pub fn run_note(&self) -> String {
+        format!(
+            "asked {:.0}/s, generated {:.0}/s; {:.0} readings a message; {} of {} generated stored",
+            self.offered_rate,
+            rate(self.flood_generated, self.flood_s),
+            self.window_stored as f64 / self.window_messages.max(1) as f64,
+            self.stored,
+            self.generated
+        )
+    }
+
     /// Readings stored per second in the window.
     pub fn rate(&self) -> f64 {
         rate(self.window_stored, self.window_s)
