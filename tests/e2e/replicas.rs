@@ -37,20 +37,12 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// A counter's value in a replica's /metrics.
-async fn counter(app: &TestApp, name: &str) -> u64 {
-    let text = app.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics: {text}"))
-}
-
 async fn stored(app: &TestApp) -> u64 {
-    counter(app, "drover_telemetry_readings_stored_total").await
+    app.counter("drover_telemetry_readings_stored_total").await
 }
 
 async fn duplicates(app: &TestApp) -> u64 {
-    counter(app, "drover_telemetry_duplicates_total").await
+    app.counter("drover_telemetry_duplicates_total").await
 }
 
 /// The timestamps of one device's readings an open `/live?device=` stream delivered.

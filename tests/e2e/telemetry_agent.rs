@@ -446,16 +446,6 @@ mod readings_spooled_while_the_agent_is_offline_arrive_when_it_returns {
 // 1c. On a slow link, readings handed over while a batch awaits its acknowledgement go together
 // in the next batch, not each in a message of its own.
 
-/// `drover_telemetry_messages_total` on the server.
-async fn messages_taken(app: &TestApp) -> u64 {
-    let metrics = app.metrics().await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("drover_telemetry_messages_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no drover_telemetry_messages_total in {metrics}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_arriving_while_a_batch_is_unacknowledged_wait_and_go_together() {
     const BURST: u32 = 40;
@@ -474,7 +464,7 @@ async fn readings_arriving_while_a_batch_is_unacknowledged_wait_and_go_together(
         .await,
         "the first reading was acknowledged"
     );
-    let before = messages_taken(&app).await;
+    let before = app.counter("drover_telemetry_messages_total").await;
 
     // One at a time, 10 ms apart: all of them arrive within one round trip of the first.
     for n in 1..=BURST {
@@ -482,7 +472,7 @@ async fn readings_arriving_while_a_batch_is_unacknowledged_wait_and_go_together(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_stored_exactly(&app, &admin, &a.id, &values(0..BURST + 1)).await;
-    let messages = messages_taken(&app).await - before;
+    let messages = app.counter("drover_telemetry_messages_total").await - before;
     // The first goes at once; the others wait for its acknowledgement (400 ms) and go in one
     // or two batches. Sending each as it came, up to 8 in flight, took 9 or more.
     assert!(

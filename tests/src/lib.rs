@@ -524,6 +524,14 @@ impl TestApp {
             .expect("metrics text")
     }
 
+    /// The value of the unlabelled counter `name` in `/metrics`.
+    pub async fn counter(&self, name: &str) -> u64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics: {text}"))
+    }
+
     /// A device as `GET /api/v1/devices/{id}` answers it.
     pub async fn device(&self, token: &str, id: &str) -> Value {
         self.get(token, &format!("/api/v1/devices/{id}"))

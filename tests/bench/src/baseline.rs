@@ -147,11 +147,21 @@ impl DroverSide {
         format!(
             "asked {:.0}/s, generated {:.0}/s; {:.0} readings a message; {} of {} generated stored",
             self.offered_rate,
-            rate(self.flood_generated, self.flood_s),
-            self.window_stored as f64 / self.window_messages.max(1) as f64,
+            self.generated_rate(),
+            self.readings_per_message(),
             self.stored,
             self.generated
         )
+    }
+
+    /// Readings the flooding simulator generated per second.
+    pub fn generated_rate(&self) -> f64 {
+        rate(self.flood_generated, self.flood_s)
+    }
+
+    /// Readings per telemetry message in the window.
+    pub fn readings_per_message(&self) -> f64 {
+        self.window_stored as f64 / self.window_messages.max(1) as f64
     }
 
     /// Readings stored per second in the window.
@@ -681,7 +691,7 @@ fn markdown(f: &Figures, args: &Args, command: &str, m: &Machine) -> String {
          sends what it has at once when nothing is in flight, and what arrives meanwhile in its \
          next batch).",
         d.window_messages,
-        d.window_stored as f64 / d.window_messages.max(1) as f64
+        d.readings_per_message()
     );
     if d.drained > 0 {
         let _ = writeln!(
@@ -706,7 +716,7 @@ fn markdown(f: &Figures, args: &Args, command: &str, m: &Machine) -> String {
             d.offered_rate,
             d.flood_generated,
             d.flood_s,
-            rate(d.flood_generated, d.flood_s)
+            d.generated_rate()
         );
     } else {
         let _ = writeln!(
