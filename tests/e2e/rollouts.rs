@@ -35,6 +35,21 @@ pub(crate) async fn fleet(
     })
     .await;
     assert!(up, "{n} simulated devices online");
+    // Offers read the installed set from health reports: wait until each device has sent one.
+    let reported = wait_until(Duration::from_secs(60), || async {
+        for d in devices(app, admin, None).await {
+            let id = d["id"].as_str().expect("id");
+            let health = app
+                .get(admin, &format!("/api/v1/devices/{id}/health"))
+                .await;
+            if health.status() != 200 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(reported, "every device sent a health report");
     sim
 }
 
@@ -485,7 +500,7 @@ async fn offline_devices_wait_pause_holds_offers_and_abort_leaves_devices_as_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_completed_rollout_rolls_back_to_the_kept_version_on_order() {
+async fn a_rollback_returns_to_the_kept_version_and_leaves_a_first_install_in_place() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let sim = fleet(&app, &admin, 4, "fleet", &[]).await;
@@ -499,21 +514,44 @@ async fn a_completed_rollout_rolls_back_to_the_kept_version_on_order() {
         )
         .await;
         until_state(&app, &admin, r["id"].as_str().expect("id"), "completed").await;
-        if name == "second" {
-            let id = r["id"].as_str().expect("id").to_owned();
-            let ordered: Value = app
-                .post_json(
-                    &admin,
-                    &format!("/api/v1/rollouts/{id}/rollback"),
-                    &json!({}),
-                )
-                .await
-                .json()
-                .await
-                .expect("rollback");
+        let id = r["id"].as_str().expect("id").to_owned();
+        if name == "first" {
+            // Nothing was installed before 1.0.0: the rollback is ordered, the agents refuse it,
+            // and the rollout ends at once instead of waiting for confirmations that never come.
+            let ordered = act(&app, &admin, &id, "rollback").await;
+            assert_eq!(ordered["state"], "rolling_back", "{ordered}");
+            let ended = until_state(&app, &admin, &id, "rolled_back").await;
+            assert_eq!(
+                ended["reason"],
+                "nothing to roll back: 4 devices keep detector 1.0.0, their first install of it",
+                "{ended}"
+            );
+            assert_eq!(ended["counts"]["succeeded"], 4, "{ended}");
+            assert!(
+                event_kinds(&app, &admin, &id)
+                    .await
+                    .iter()
+                    .any(|k| k == "rollback_sent"),
+                "the rollback was still ordered"
+            );
+            for d in members(&app, &admin, &id).await {
+                assert_eq!(d["state"], "succeeded", "{d}");
+                assert_eq!(d["version"], "1.0.0", "{d}");
+                assert_eq!(
+                    d["detail"],
+                    "kept 1.0.0: the rollout installed the first detector here, with nothing earlier to return to",
+                    "{d}"
+                );
+            }
+        } else {
+            let ordered = act(&app, &admin, &id, "rollback").await;
             assert_eq!(ordered["state"], "rolling_back", "{ordered}");
             let back = until_state(&app, &admin, &id, "rolled_back").await;
             assert_eq!(back["counts"]["rolled_back"], 4, "{back}");
+            assert_eq!(
+                back["reason"], "every device the rollout updated was rolled back",
+                "{back}"
+            );
             let list = members(&app, &admin, &id).await;
             assert!(
                 list.iter().all(|d| d["version"] == "1.0.0"),

@@ -606,10 +606,27 @@ async fn offer(
         if !fenced!(tx, epoch)? {
             return Ok(None);
         }
+        // Pausing (or any control) may have landed since the engine read the rollout. This
+        // no-op update checks the state and holds the row until commit, so once a pause is
+        // answered no offer follows it.
+        let running = sqlx::query("UPDATE rollouts SET state = state WHERE id = $1 AND state = 'running'")
+            .bind(&r.id).execute(&mut *tx).await?.rows_affected() == 1;
+        if !running {
+            return Ok(Some(Vec::new()));
+        }
         let mut offered = Vec::new();
         for id in ids {
-            let n = sqlx::query("UPDATE rollout_devices SET state = 'offered', offered_at = $1, announced_at = $1, updated_at = $1 WHERE rollout_id = $2 AND device_id = $3 AND state = 'pending'")
-                .bind(now).bind(&r.id).bind(id).execute(&mut *tx).await?.rows_affected();
+            // A health report names what is installed; without one, a first install is unknown.
+            // It may predate an install that another rollout just finished, so such a report
+            // counts as well.
+            let n = sqlx::query("UPDATE rollout_devices SET state = 'offered', offered_at = $1, announced_at = $1, updated_at = $1,
+                       first_install = (EXISTS (SELECT 1 FROM devices d WHERE d.id = $3 AND d.health_at > 0)
+                           AND NOT EXISTS (SELECT 1 FROM device_versions v WHERE v.device_id = $3 AND v.name = $4)
+                           AND NOT EXISTS (SELECT 1 FROM device_updates u JOIN rollouts o ON o.id = u.rollout_id
+                                            WHERE u.device_id = $3 AND o.bundle_name = $4 AND u.rollout_id <> $2
+                                              AND u.state IN ('succeeded','rolled_back')))
+                     WHERE rollout_id = $2 AND device_id = $3 AND state = 'pending'")
+                .bind(now).bind(&r.id).bind(id).bind(&r.bundle_name).execute(&mut *tx).await?.rows_affected();
             if n == 1 {
                 sqlx::query("INSERT INTO device_offers (device_id, bundle_id, rollout_id, offered_at) VALUES ($1, $2, $3, $4)")
                     .bind(id).bind(&r.bundle_id).bind(&r.id).bind(now).execute(&mut *tx).await?;
@@ -621,31 +638,73 @@ async fn offer(
     })?)
 }
 
+/// Counts of the devices a rollback ordered back.
+#[derive(Debug, Clone, Copy)]
+struct RolledBack {
+    /// Ordered back and waited for.
+    awaited: usize,
+    /// Of those, the ones that never confirmed within the offline timeout.
+    unconfirmed: usize,
+    /// Kept the rollout's release: nothing earlier was installed there.
+    first_installs: usize,
+}
+
+/// Why a rollback of `bundle` ("NAME VERSION") ended.
+fn rolled_back_reason(bundle: &str, offline_timeout_s: i64, n: RolledBack) -> String {
+    let kept = format!(
+        "{} devices keep {bundle}, their first install of it",
+        n.first_installs
+    );
+    let late = format!(
+        "{} devices did not confirm their rollback within {offline_timeout_s} s",
+        n.unconfirmed
+    );
+    match (n.unconfirmed, n.first_installs) {
+        (0, 0) => "every device the rollout updated was rolled back".to_owned(),
+        (0, _) if n.awaited == 0 => format!("nothing to roll back: {kept}"),
+        (0, _) => format!(
+            "every device the rollout updated that kept an earlier release was rolled back; {kept}"
+        ),
+        (_, 0) => late,
+        _ => format!("{late}; {kept}"),
+    }
+}
+
 /// `rolling_back`: orders (and repeats) a rollback on every device that succeeded, and ends the
-/// rollout once none is left updated and none is still installing.
+/// rollout once none is left updated and none is still installing. A device where the rollout
+/// made the first install of its bundle is ordered once and not waited for: it kept nothing
+/// earlier to return to, and its agent refuses.
 async fn roll_back(store: &Store, mqtt: &MqttLink, r: &Rollout, epoch: i64) -> Result<bool> {
     let now = now_ms();
-    let rows: Vec<(String, Option<i64>)> = on_store!(store, pool => sqlx::query_as(
-        "SELECT rd.device_id, rd.rollback_at FROM rollout_devices rd
+    let rows: Vec<(String, Option<i64>, bool)> = on_store!(store, pool => sqlx::query_as(
+        "SELECT rd.device_id, rd.rollback_at, rd.first_install FROM rollout_devices rd
            JOIN device_updates u ON u.device_id = rd.device_id AND u.rollout_id = rd.rollout_id
           WHERE rd.rollout_id = $1 AND u.state = 'succeeded'")
         .bind(&r.id).fetch_all(pool).await)?;
     let give_up = r.offline_timeout_s.saturating_mul(1000);
-    let due: Vec<String> = rows
+    let due: Vec<(&str, bool)> = rows
         .iter()
-        .filter(|(_, at)| at.is_none_or(|t| now - t >= ROLLBACK_RESEND_MS))
-        .filter(|(_, at)| at.is_none_or(|t| now - t < give_up))
-        .map(|(id, _)| id.clone())
+        .filter(|(_, at, first)| match at {
+            None => true,
+            Some(t) => !first && now - t >= ROLLBACK_RESEND_MS && now - t < give_up,
+        })
+        .map(|(id, _, first)| (id.as_str(), *first))
         .collect();
     if !due.is_empty() {
+        let kept = format!(
+            "kept {}: the rollout installed the first {} here, with nothing earlier to return to",
+            r.bundle_version, r.bundle_name
+        );
         let marked = on_store!(store, pool => {
             let mut tx = pool.begin().await?;
             if !fenced!(tx, epoch)? {
                 return Ok(false);
             }
-            for id in &due {
-                sqlx::query("UPDATE rollout_devices SET rollback_at = COALESCE(rollback_at, $1), updated_at = $1 WHERE rollout_id = $2 AND device_id = $3")
-                    .bind(now).bind(&r.id).bind(id).execute(&mut *tx).await?;
+            for (id, first) in &due {
+                sqlx::query("UPDATE rollout_devices SET rollback_at = COALESCE(rollback_at, $1), updated_at = $1,
+                                    detail = CASE WHEN $4 THEN $5 ELSE detail END
+                              WHERE rollout_id = $2 AND device_id = $3")
+                    .bind(now).bind(&r.id).bind(*id).bind(*first).bind(&kept).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(true)
@@ -653,7 +712,7 @@ async fn roll_back(store: &Store, mqtt: &MqttLink, r: &Rollout, epoch: i64) -> R
         if !marked {
             return Ok(false);
         }
-        for id in &due {
+        for (id, _) in &due {
             let command = Command::Rollback {
                 rollout_id: r.id.clone(),
             };
@@ -662,7 +721,7 @@ async fn roll_back(store: &Store, mqtt: &MqttLink, r: &Rollout, epoch: i64) -> R
             }
         }
         // Resends are not events; the first order per device is counted once.
-        let first = rows.iter().filter(|(_, at)| at.is_none()).count();
+        let first = rows.iter().filter(|(_, at, _)| at.is_none()).count();
         if first > 0 {
             record_event(
                 store,
@@ -673,22 +732,70 @@ async fn roll_back(store: &Store, mqtt: &MqttLink, r: &Rollout, epoch: i64) -> R
             .await?;
         }
     }
-    let unconfirmed = rows
+    let awaited: Vec<Option<i64>> = rows
         .iter()
-        .filter(|(_, at)| at.is_some_and(|t| now - t >= give_up))
+        .filter(|(_, _, first)| !first)
+        .map(|(_, at, _)| *at)
+        .collect();
+    let unconfirmed = awaited
+        .iter()
+        .filter(|at| at.is_some_and(|t| now - t >= give_up))
         .count();
     // Offers not yet taken were withdrawn with the rollback; only devices already working on
     // the update can still finish it (and then get their rollback too).
-    if rows.len() == unconfirmed && working(store, &r.id).await? == 0 {
-        let reason = if unconfirmed == 0 {
-            "every device the rollout updated was rolled back".to_owned()
-        } else {
-            format!(
-                "{unconfirmed} devices did not confirm their rollback within {} s",
-                r.offline_timeout_s
-            )
-        };
+    if awaited.len() == unconfirmed && working(store, &r.id).await? == 0 {
+        let reason = rolled_back_reason(
+            &format!("{} {}", r.bundle_name, r.bundle_version),
+            r.offline_timeout_s,
+            RolledBack {
+                awaited: awaited.len(),
+                unconfirmed,
+                first_installs: rows.len() - awaited.len(),
+            },
+        );
         finish(store, r, State::RolledBack, &reason, epoch).await?;
     }
     still_leader(store, epoch).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_says_who_went_back_who_never_answered_and_who_had_nothing_to_return_to() {
+        let reason = |awaited, unconfirmed, first_installs| {
+            rolled_back_reason(
+                "detector 1.0.0",
+                3600,
+                RolledBack {
+                    awaited,
+                    unconfirmed,
+                    first_installs,
+                },
+            )
+        };
+        assert_eq!(
+            reason(4, 0, 0),
+            "every device the rollout updated was rolled back"
+        );
+        assert_eq!(
+            reason(0, 0, 4),
+            "nothing to roll back: 4 devices keep detector 1.0.0, their first install of it"
+        );
+        assert_eq!(
+            reason(2, 0, 3),
+            "every device the rollout updated that kept an earlier release was rolled back; \
+             3 devices keep detector 1.0.0, their first install of it"
+        );
+        assert_eq!(
+            reason(2, 1, 0),
+            "1 devices did not confirm their rollback within 3600 s"
+        );
+        assert_eq!(
+            reason(2, 2, 1),
+            "2 devices did not confirm their rollback within 3600 s; \
+             1 devices keep detector 1.0.0, their first install of it"
+        );
+    }
 }

@@ -886,7 +886,8 @@ pub async fn devices(
     };
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT rd.device_id, rd.phase, {EFFECTIVE} AS state,
-                CASE WHEN u.state IS NULL THEN rd.detail ELSE u.detail END AS detail,
+                CASE WHEN u.state IS NULL OR (u.state = 'succeeded' AND rd.first_install AND rd.rollback_at IS NOT NULL)
+                     THEN rd.detail ELSE u.detail END AS detail,
                 u.version, COALESCE(u.updated_at, rd.updated_at) AS updated_at
            FROM rollout_devices rd
            LEFT JOIN device_updates u ON u.device_id = rd.device_id AND u.rollout_id = rd.rollout_id
