@@ -682,6 +682,13 @@ async fn bad_tags_on_the_device_form_are_a_400_naming_them_and_change_nothing() 
             html.contains("action=\"/devices/"),
             "the form is shown again"
         );
+        // As typed, to correct rather than type again.
+        let form = element(&html, "d-name", "textarea");
+        assert!(form.contains("value=\"renamed\""), "{form}");
+        assert!(
+            shows_escaped(form.rsplit('>').next().unwrap_or(""), tags),
+            "{tags}: the tags as typed in {form}"
+        );
     }
     let device = app.device(&admin, &d.id).await;
     assert_ne!(device["name"], "renamed", "nothing saved");

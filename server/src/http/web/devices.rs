@@ -159,6 +159,8 @@ struct DevicePage {
     nav: Nav,
     device: DeviceView,
     certificates: Vec<CertificateView>,
+    /// The edit form's values: the stored ones, or what was typed when it was refused.
+    name_text: String,
     tags_text: String,
     latest: Vec<LatestView>,
     health: Option<HealthView>,
@@ -331,8 +333,13 @@ async fn render_device(
     id: &str,
     range: ChartRange,
     status: StatusCode,
-    (error, notice): (Option<String>, Option<String>),
+    said: Said,
 ) -> Result<HttpResponse, WebError> {
+    let Said {
+        error,
+        notice,
+        typed,
+    } = said;
     let device = views::device(&state.store, id).await?;
     let now = now_ms();
     let certificates = devices::certificates(&state.store, id)
@@ -368,19 +375,26 @@ async fn render_device(
         .chain(resolved)
         .map(|a| AlertRow::new(a, now))
         .collect();
-    let tags_text = device
-        .tags
-        .0
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (name_text, tags_text) = match typed {
+        Some(form) => (form.name, form.tags),
+        None => (
+            device.name.clone(),
+            device
+                .tags
+                .0
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+    };
     html_status(
         status,
         &DevicePage {
             nav: Nav::new(who, "devices"),
             device,
             certificates,
+            name_text,
             tags_text,
             latest,
             health,
@@ -430,7 +444,21 @@ async fn device_page(
             Some(e.to_string()),
         ),
     };
-    render_device(&state, &req, &who, &id, range, status, (error, notice)).await
+    let said = Said {
+        error,
+        notice,
+        typed: None,
+    };
+    render_device(&state, &req, &who, &id, range, status, said).await
+}
+
+/// What a device page says besides the device.
+#[derive(Debug, Default)]
+struct Said {
+    error: Option<String>,
+    notice: Option<String>,
+    /// The edit form as the operator typed it, shown again when it was refused.
+    typed: Option<UpdateForm>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -507,9 +535,9 @@ async fn act(
     req: &HttpRequest,
     who: &WebUser,
     id: &str,
-    action: &str,
-    done: &str,
+    (action, done): (&str, &str),
     result: crate::error::Result<crate::identity::devices::Device>,
+    typed: Option<UpdateForm>,
 ) -> Result<HttpResponse, WebError> {
     match audit::record_result(&state.store, &who.actor(req), action, Some(id), result).await {
         Ok(_) => {
@@ -531,7 +559,11 @@ async fn act(
                 id,
                 ChartRange::default(),
                 status,
-                (Some(e.to_string()), None),
+                Said {
+                    error: Some(e.to_string()),
+                    notice: None,
+                    typed,
+                },
             )
             .await
         }
@@ -553,9 +585,9 @@ async fn device_accept(
         &req,
         &m.who,
         &id,
-        "device.accept",
-        "accepted",
+        ("device.accept", "accepted"),
         result,
+        None,
     )
     .await
 }
@@ -574,9 +606,9 @@ async fn device_revoke(
         &req,
         &m.who,
         &id,
-        "device.revoke",
-        "revoked",
+        ("device.revoke", "revoked"),
         result,
+        None,
     )
     .await
 }
@@ -595,9 +627,9 @@ async fn device_decommission(
         &req,
         &m.who,
         &id,
-        "device.decommission",
-        "decommissioned",
+        ("device.decommission", "decommissioned"),
         result,
+        None,
     )
     .await
 }
@@ -629,5 +661,14 @@ async fn device_update(
         devices::update(&state.store, &id, Some(&form.name), Some(&tags)).await
     }
     .await;
-    act(&state, &req, &who, &id, "device.update", "updated", result).await
+    act(
+        &state,
+        &req,
+        &who,
+        &id,
+        ("device.update", "updated"),
+        result,
+        Some(form),
+    )
+    .await
 }
