@@ -85,7 +85,7 @@ pub fn start(max_connections: usize) -> Result<EmbeddedBroker> {
         })
         .map_err(|e| Error::Internal(format!("starting the embedded broker: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+    while !listening(&addr) {
         if Instant::now() > deadline {
             return Err(Error::Internal(format!(
                 "the embedded MQTT broker did not start listening on {addr}"
@@ -94,4 +94,56 @@ pub fn start(max_connections: usize) -> Result<EmbeddedBroker> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(EmbeddedBroker { addr, secret })
+}
+
+/// Whether the broker listens on `addr`. On Linux the kernel's socket table says so without a
+/// connection: rumqttd logs an ERROR for every connection that ends, a probe's included.
+fn listening(addr: &SocketAddr) -> bool {
+    match std::fs::read_to_string("/proc/net/tcp") {
+        Ok(table) => listed_as_listening(&table, addr.port()),
+        Err(_) => TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok(),
+    }
+}
+
+/// Whether `/proc/net/tcp` lists a socket in LISTEN state (`0A`) on `port`. The port was
+/// reserved by this process a moment ago, so whoever listens on it is the broker.
+fn listed_as_listening(table: &str, port: u16) -> bool {
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(address), Some(_remote), Some(state)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        address.ends_with(&local) && state == "0A"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_table_is_read_for_a_listener_on_the_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:A2D1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:A2D1 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+";
+        assert!(listed_as_listening(table, 0xA2D1));
+        // Connected (01), not listening: a client's socket whose peer is that port.
+        assert!(!listed_as_listening(table, 0x1F90));
+        assert!(!listed_as_listening(table, 0xA2D2));
+        assert!(!listed_as_listening("garbage\nmore garbage", 0xA2D1));
+    }
+
+    #[test]
+    fn a_started_broker_is_found_listening() {
+        let broker = start(16).expect("broker");
+        assert!(listening(&broker.addr));
+        let free = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port");
+        assert!(!listening(&free));
+    }
 }
