@@ -100,6 +100,8 @@ pub struct Settings {
     pub telemetry_rollup_retention: std::time::Duration,
     /// A device not heard from for this long is marked offline.
     pub offline_after: std::time::Duration,
+    /// How long finished webhook deliveries stay in the log.
+    pub webhook_delivery_retention: std::time::Duration,
     /// The MQTT URL devices are told, when it differs from `mqtt_url` (an external broker's device listener).
     pub mqtt_device_url: Option<String>,
     /// Run after the CRL for an external broker is rewritten (e.g. `systemctl reload mosquitto`).
@@ -136,6 +138,7 @@ struct FileSettings {
     telemetry_raw_retention: Option<String>,
     telemetry_rollup_retention: Option<String>,
     offline_after: Option<String>,
+    webhook_delivery_retention: Option<String>,
 }
 
 /// Default largest artifact: 4 GiB, room for a full disk image.
@@ -169,6 +172,7 @@ pub const KEYS: &[&str] = &[
     "telemetry_raw_retention",
     "telemetry_rollup_retention",
     "offline_after",
+    "webhook_delivery_retention",
 ];
 
 impl Settings {
@@ -239,6 +243,7 @@ impl Settings {
             telemetry_raw_retention: std::time::Duration::from_secs(7 * 86_400),
             telemetry_rollup_retention: std::time::Duration::from_secs(365 * 86_400),
             offline_after: std::time::Duration::from_secs(90),
+            webhook_delivery_retention: std::time::Duration::from_secs(30 * 86_400),
         }
     }
 
@@ -441,6 +446,15 @@ impl Settings {
             90,
             5..=86_400,
         )?;
+        let webhook_delivery_retention = duration(
+            "webhook_delivery_retention",
+            text(
+                "webhook_delivery_retention",
+                file.webhook_delivery_retention,
+            ),
+            30 * 86_400,
+            86_400..=3650 * 86_400,
+        )?;
         Ok(Settings {
             data_dir,
             database_url,
@@ -466,6 +480,7 @@ impl Settings {
             telemetry_raw_retention,
             telemetry_rollup_retention,
             offline_after,
+            webhook_delivery_retention,
         })
     }
 }
@@ -686,6 +701,21 @@ mod tests {
             Settings::load(None, env(&[("DROVER_MAX_ARTIFACT_BYTES", "1048576")])).expect("valid");
         assert_eq!(s.max_artifact_bytes, 1 << 20);
         assert!(Settings::load(None, env(&[("DROVER_MAX_ARTIFACT_BYTES", "10")])).is_err());
+    }
+
+    #[test]
+    fn the_webhook_log_retention_is_a_duration_of_a_day_or_more() {
+        let s = Settings::load(None, env(&[])).expect("defaults");
+        assert_eq!(s.webhook_delivery_retention.as_secs(), 30 * 86_400);
+        let s = Settings::load(None, env(&[("DROVER_WEBHOOK_DELIVERY_RETENTION", "90d")]))
+            .expect("valid");
+        assert_eq!(s.webhook_delivery_retention.as_secs(), 90 * 86_400);
+        for bad in ["1h", "forever", ""] {
+            let err = Settings::load(None, env(&[("DROVER_WEBHOOK_DELIVERY_RETENTION", bad)]))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("webhook_delivery_retention"), "{bad}: {err}");
+        }
     }
 
     #[test]

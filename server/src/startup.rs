@@ -441,6 +441,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             crate::telemetry::retention::Retention {
                 raw: settings.telemetry_raw_retention,
                 rollups: settings.telemetry_rollup_retention,
+                deliveries: settings.webhook_delivery_retention,
             },
             settings.offline_after,
             live.clone(),

@@ -335,6 +335,7 @@ async fn retention_removes_old_raw_points_and_keeps_rollups() {
         drover_server::telemetry::retention::Retention {
             raw: Duration::from_secs(7 * 86_400),
             rollups: Duration::from_secs(365 * 86_400),
+            deliveries: Duration::from_secs(30 * 86_400),
         },
         now_ms(),
     )

@@ -2,7 +2,8 @@
 //! delivery's signature with their own HMAC-SHA256; deliveries wait out a receiver that is down
 //! or answers 503 and then arrive once each and in order; a hanging receiver delays no other
 //! target; a restart keeps what is pending; bad targets are refused naming the field; rollout
-//! events reach rollout targets; and the dashboard pages, for operators and viewers.
+//! events reach rollout targets; the log's retention; and the dashboard pages, for operators
+//! and viewers.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -907,4 +908,96 @@ async fn a_real_alert_firing_and_resolving_reaches_alert_targets_signed() {
     assert_eq!(got[0].body["data"]["severity"], "critical");
     assert_eq!(got[1].body["data"]["state"], "resolved");
     assert_ne!(got[0].delivery, got[1].delivery);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_log_keeps_finished_deliveries_for_its_retention_and_pending_ones_always() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let secret = "retention-secret-0123";
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        secret,
+        Behaviour::Accept,
+    )
+    .await;
+    let up = create(
+        &app,
+        &admin,
+        json!({"url": rx.url(), "events": ["alert"], "secret": secret}),
+    )
+    .await;
+    let up_id = up["id"].as_str().expect("id").to_owned();
+    let gone = create(
+        &app,
+        &admin,
+        json!({"url": rx.url(), "events": ["alert"], "secret": secret}),
+    )
+    .await;
+    let gone_id = gone["id"].as_str().expect("id").to_owned();
+    for n in 0..2 {
+        assert_eq!(alert(&app, n).await, 2);
+    }
+    until_accepted(&rx, 4).await;
+    let delivered = wait_until(ARRIVE, || async {
+        let mut all = deliveries(&app, &admin, &up_id).await;
+        all.extend(deliveries(&app, &admin, &gone_id).await);
+        all.len() == 4 && all.iter().all(|d| d["state"] == "delivered")
+    })
+    .await;
+    assert!(delivered, "four deliveries recorded as delivered");
+    let res = app
+        .delete(&admin, &format!("/api/v1/webhooks/{gone_id}"))
+        .await;
+    assert_eq!(res.status(), 204);
+    // Created after the other two, toward a port nothing listens on: it stays pending.
+    let down = reserve_port().await;
+    let waiting = create(
+        &app,
+        &admin,
+        json!({"url": format!("http://{down}/hook"), "events": ["alert"]}),
+    )
+    .await;
+    let waiting_id = waiting["id"].as_str().expect("id").to_owned();
+    assert_eq!(alert(&app, 2).await, 2);
+    until_accepted(&rx, 5).await;
+    let recorded = wait_until(ARRIVE, || async {
+        let log = deliveries(&app, &admin, &up_id).await;
+        log.len() == 3 && log.iter().all(|d| d["state"] == "delivered")
+    })
+    .await;
+    assert!(recorded, "the third delivery recorded as delivered");
+
+    // Nothing has ended before a day ago: nothing goes.
+    let day_ago = drover_server::store::now_ms() - 86_400_000;
+    let pruned = webhooks::prune(&app.store, day_ago).await.expect("prune");
+    assert_eq!(pruned, (0, 0));
+    assert_eq!(deliveries(&app, &admin, &gone_id).await.len(), 2);
+
+    // Everything finished has ended before now + 1 ms: the finished deliveries go, and with
+    // them the deleted target; the pending delivery stays, whatever its age.
+    let later = drover_server::store::now_ms() + 1;
+    let pruned = webhooks::prune(&app.store, later).await.expect("prune");
+    assert_eq!(
+        pruned,
+        (5, 1),
+        "five finished deliveries and the deleted target"
+    );
+    assert!(deliveries(&app, &admin, &up_id).await.is_empty());
+    let pending = deliveries(&app, &admin, &waiting_id).await;
+    assert_eq!(pending.len(), 1, "{pending:#?}");
+    assert_eq!(pending[0]["state"], "pending");
+    problem(
+        app.get(&admin, &format!("/api/v1/webhooks/{gone_id}/deliveries"))
+            .await,
+        404,
+    )
+    .await;
+    let listed: Value = app
+        .get(&admin, "/api/v1/webhooks")
+        .await
+        .json()
+        .await
+        .expect("list");
+    assert_eq!(listed["total"], 2, "the live targets stay: {listed}");
 }

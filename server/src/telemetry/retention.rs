@@ -1,7 +1,8 @@
 //! Retention and presence upkeep, run periodically: raw readings past their
 //! retention are deleted in bounded batches (so SQLite's writer is never held
 //! for long), rollups live longer, and devices silent for longer than the
-//! offline timeout are marked offline with an event.
+//! offline timeout are marked offline with an event. The webhook delivery log
+//! is pruned in the same pass.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub struct Retention {
     pub raw: Duration,
     /// One-minute rollups.
     pub rollups: Duration,
+    /// Finished webhook deliveries (the log).
+    pub deliveries: Duration,
 }
 
 /// Rows removed by one pass.
@@ -32,7 +35,8 @@ pub struct Removed {
     pub rollups: u64,
 }
 
-fn cutoff(now: i64, keep: Duration) -> i64 {
+/// The time (ms) before which what is kept for `keep` goes.
+pub(crate) fn cutoff(now: i64, keep: Duration) -> i64 {
     now - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
@@ -124,6 +128,14 @@ pub async fn run(
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
+            }
+            let until = cutoff(now_ms(), retention.deliveries);
+            match crate::webhooks::prune(&store, until).await {
+                Ok((0, 0)) => {}
+                Ok((deliveries, targets)) => {
+                    tracing::info!(deliveries, targets, "webhook log retention")
+                }
+                Err(e) => tracing::warn!(error = %e, "webhook log retention failed"),
             }
         }
         passes += 1;

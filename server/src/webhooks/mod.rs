@@ -458,6 +458,26 @@ pub async fn get(store: &Store, id: &str) -> Result<Webhook> {
     row.ok_or_else(|| Error::NotFound(format!("no webhook {id}")))
 }
 
+/// Forgets finished deliveries (delivered, failed or cancelled) that ended before `cutoff` (ms),
+/// then deleted targets left without a delivery; pending ones stay whatever their age. Answers
+/// (deliveries, targets) removed.
+pub async fn prune(store: &Store, cutoff: i64) -> Result<(u64, u64)> {
+    Ok(on_store!(store, pool => {
+        let mut tx = pool.begin().await?;
+        let deliveries = sqlx::query(
+            "DELETE FROM webhook_deliveries
+              WHERE state <> 'pending' AND COALESCE(delivered_at, last_attempt_at, created_at) < $1")
+            .bind(cutoff).execute(&mut *tx).await?.rows_affected();
+        let targets = sqlx::query(
+            "DELETE FROM webhooks
+              WHERE deleted_at < $1
+                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.webhook_id = webhooks.id)")
+            .bind(cutoff).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>((deliveries, targets))
+    })?)
+}
+
 /// Deletes a target: its pending deliveries are cancelled, its log and row kept, its secret
 /// forgotten. Answers how many deliveries were cancelled.
 pub async fn delete(store: &Store, id: &str) -> Result<u64> {
