@@ -299,8 +299,16 @@ async fn an_agent_carries_readings_from_its_intake_to_the_store_and_reports_heal
         h["report"]["mem_total"].as_u64().is_some_and(|m| m > 0),
         "{h}"
     );
-    let device: Value = app.device(&admin, &id).await;
-    assert_eq!(device["online"], true);
+    // Presence is written by its own task, in arrival order but not before the readings.
+    let online = wait_until(Duration::from_secs(10), || async {
+        app.device(&admin, &id).await["online"] == true
+    })
+    .await;
+    assert!(
+        online,
+        "the device is online: {}",
+        app.device(&admin, &id).await
+    );
     let _ = daemon.kill().await;
 }
 
